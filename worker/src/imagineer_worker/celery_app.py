@@ -1,0 +1,200 @@
+"""The Celery application every Imagineer worker and beat runs: ``-A imagineer_worker.celery_app``.
+
+The settings come from :mod:`imagineer_worker.config` (the operations guide's defaults) and are
+the same for every queue: late acks, prefetch 1, 25/30 min time limits, JSON only, events on
+(the exporter needs them). Importing this module never imports torch: the training task loads it
+inside the task, in the prefork child, so CUDA is never initialised in the parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+from celery.schedules import crontab
+
+from imagineer_worker.concurrency import available_vcpus, effective_concurrency
+from imagineer_worker.config import CONFIG_ENV, ConfigError, ConfigWatcher, Settings, get_settings
+from imagineer_worker.health import HealthFiles
+from imagineer_worker.logging_config import configure_logging
+
+log = logging.getLogger(__name__)
+
+TASK_MODULES = (
+    "imagineer_worker.tasks.maintenance",
+    "imagineer_worker.tasks.scraping",
+    "imagineer_worker.tasks.labeling",
+    "imagineer_worker.tasks.training",
+)
+
+
+def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
+    """Each task name prefix goes to its queue; maintenance goes where the config says."""
+    return {
+        "imagineer.training.*": {"queue": "training"},
+        "imagineer.scraping.*": {"queue": "scraping"},
+        "imagineer.labeling.*": {"queue": "labeling"},
+        "imagineer.maintenance.*": {"queue": settings.maintenance_queue},
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The guide's periodic jobs, in UTC, all on ``IMAGINEER_MAINTENANCE_QUEUE``.
+
+    Each entry expires after its own interval so a backlog (beat running, no consumer) never
+    floods the queue with stale copies once a worker comes back.
+    """
+    queue = settings.maintenance_queue
+    every = settings.disk_sample_hours
+    return {
+        "record-disk-usage": {
+            "task": "imagineer.maintenance.record_disk_usage",
+            "schedule": crontab(minute=0, hour=f"*/{every}"),
+            "options": {"queue": queue, "expires": every * 3600},
+        },
+        "purge-stale-training": {
+            "task": "imagineer.maintenance.purge_stale_training",
+            "schedule": crontab(minute=0, hour=settings.purge_training_hour),
+            "options": {"queue": queue, "expires": 24 * 3600},
+        },
+        "purge-stale-scrapes": {
+            "task": "imagineer.maintenance.purge_stale_scrapes",
+            "schedule": crontab(minute=0, hour=settings.purge_scrape_hour),
+            "options": {"queue": queue, "expires": 24 * 3600},
+        },
+    }
+
+
+def redis_ssl_options(url: str, settings: Settings) -> dict[str, Any] | None:
+    """TLS options for ``rediss://``: verify the server against the configured CA bundle."""
+    if not url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca_cert:
+        options["ssl_ca_certs"] = settings.redis_ca_cert
+    return options
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    if settings.redis_sentinel_master:
+        transport["master_name"] = settings.redis_sentinel_master
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_use_ssl": redis_ssl_options(settings.broker_url, settings),
+        "redis_backend_use_ssl": redis_ssl_options(settings.result_backend, settings),
+        "broker_transport_options": transport,
+        "result_backend_transport_options": dict(transport),
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload from the broker would be remote code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        # The guide's settings for every queue.
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        # A child killed by the OOM killer or the hard limit requeues its task instead of
+        # acking it; a broker connection loss cancels late-ack tasks so they do not run twice.
+        "task_reject_on_worker_lost": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_track_started": True,
+        # The exporter builds its metrics from these events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": "default",
+        "task_create_missing_queues": True,
+        "task_routes": task_routes(settings),
+        "beat_schedule": beat_schedule(settings),
+        "beat_schedule_filename": "/tmp/imagineer-celerybeat-schedule",  # root FS is read-only
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("imagineer", include=list(TASK_MODULES))
+    app.conf.update(celery_config(settings))
+    app.steps["consumer"].add(HealthFiles)
+    return app
+
+
+def _settings_or_exit() -> Settings:
+    """Load settings at import; a bad value stops start-up with one line, not a traceback."""
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        print(f"imagineer-worker: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+celery = create_app(_settings_or_exit())
+app = celery  # ``celery -A imagineer_worker.celery_app`` finds either name
+
+
+# --- worker process hooks ------------------------------------------------------------------------
+
+_watcher: ConfigWatcher | None = None
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: Any = "INFO", **_: Any) -> None:
+    configure_logging(loglevel or "INFO", get_settings().log_format)
+
+
+_startup_notes: list[tuple[int, str, dict[str, Any]]] = []  # logged once logging is set up
+
+
+@signals.worker_init.connect
+def _apply_concurrency_rule(sender: Any, **_: Any) -> None:
+    """``concurrency = min(vCPU, configured)`` with vCPU from the cgroup quota (the guide's rule)."""
+    configured = sender.concurrency if isinstance(sender.concurrency, int) else None
+    vcpus = available_vcpus()
+    sender.concurrency = effective_concurrency(configured, vcpus)
+    _startup_notes.append((
+        logging.INFO,
+        f"concurrency {sender.concurrency} (configured {configured}, vCPU {vcpus} from cgroup quota/affinity)",
+        {"operation": "concurrency", "configured": configured, "vcpus": vcpus,
+         "effective": sender.concurrency},
+    ))
+
+
+@signals.worker_init.connect
+def _warn_about_cli_time_limits(sender: Any, **_: Any) -> None:
+    """Tasks carry the configured limits, so ``--time-limit`` flags would be silently ignored."""
+    for flag, configured in (("time-limit", sender.app.conf.task_time_limit),
+                             ("soft-time-limit", sender.app.conf.task_soft_time_limit)):
+        value = getattr(sender, flag.replace("-", "_"))
+        if value is not None and value != configured:
+            env = "IMAGINEER_TASK_" + flag.replace("-", "_").upper()
+            _startup_notes.append((logging.WARNING, f"--{flag}={value} is ignored: the limit is "
+                                   f"{configured}s from {env}", {"operation": "time_limits"}))
+
+
+@signals.worker_ready.connect
+def _start_config_watcher(**_: Any) -> None:
+    global _watcher
+    for level, message, extra in _startup_notes:
+        log.log(level, message, extra=extra)
+    path = get_settings().source
+    if _watcher is None and path:
+        _watcher = ConfigWatcher(Path(path))
+        _watcher.start()
+        log.info("watching %s=%s for changes", CONFIG_ENV, path, extra={"operation": "config_reload"})
+
+
+@signals.task_prerun.connect
+def _refresh_config_in_child(**_: Any) -> None:
+    """Prefork children inherit the watcher; a cheap stat before each task picks up a reload."""
+    if _watcher is not None:
+        _watcher.check(announce=False)

@@ -1,0 +1,89 @@
+"""A small local web site to scrape: an HTML gallery of generated images on 127.0.0.1.
+
+Routes: ``/gallery.html`` (``<img src alt>`` tags, one duplicate image), ``/img/<n>.png``,
+``/notes.txt`` (not an image), ``/huge.png`` (larger than any sane limit), ``/redirect?to=URL``
+(302 to any URL, for the redirect-to-private checks), ``/slow.png`` (answers after a delay).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+from PIL import Image
+
+COLORS = [(200, 30, 30), (30, 160, 60), (40, 60, 200), (220, 200, 40)]
+CAPTIONS = ["a red square", "a green square", "a blue square", "a yellow square"]
+
+
+def make_png(color: tuple[int, int, int], size: int = 64) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("RGB", (size, size), color)
+    for i in range(size):  # a diagonal so the images are not flat colour only
+        img.putpixel((i, i), (255, 255, 255))
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class FixtureSite:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.images = {f"/img/{i}.png": make_png(c) for i, c in enumerate(COLORS)}
+        self.hits: list[str] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str,
+                      headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                site.hits.append(url.path)
+                if url.path == "/gallery.html":
+                    self._send(200, site.gallery_html().encode(), "text/html; charset=utf-8")
+                elif url.path in site.images:
+                    self._send(200, site.images[url.path], "image/png")
+                elif url.path == "/notes.txt":
+                    self._send(200, b"not an image\n", "text/plain")
+                elif url.path == "/huge.png":
+                    self._send(200, b"\x89PNG" + b"\0" * (2 * 1024 * 1024), "image/png")
+                elif url.path == "/slow.png":
+                    time.sleep(float(parse_qs(url.query).get("s", ["3"])[0]))
+                    self._send(200, site.images["/img/0.png"], "image/png")
+                elif url.path == "/redirect":
+                    target = parse_qs(url.query).get("to", ["/"])[0]
+                    self._send(302, b"", "text/plain", {"Location": target})
+                else:
+                    self._send(404, b"not found", "text/plain")
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.base_url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def gallery_html(self) -> str:
+        tags = [f'<img src="/img/{i}.png" alt="{cap}">' for i, cap in enumerate(CAPTIONS)]
+        tags.append(f'<img src="{self.base_url}/img/0.png" alt="the red square again">')  # duplicate
+        tags.append('<img src="/notes.txt" alt="not an image">')
+        return "<html><body><h1>Gallery</h1>\n" + "\n".join(tags) + "\n</body></html>\n"
+
+    def start(self) -> FixtureSite:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

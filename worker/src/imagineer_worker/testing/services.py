@@ -1,0 +1,150 @@
+"""Real local services for the tests and ``make demo``: redis-server and celery processes.
+
+Nothing here is a fake: a Debian ``redis-server`` on a free loopback port, and ``celery worker`` /
+``celery beat`` processes (prefork, so time limits and signals are real) started exactly as the
+images start them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+APP = "imagineer_worker.celery_app"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class RedisServer:
+    """``redis-server`` on 127.0.0.1; with ``tls`` (cert, key, ca) it listens on TLS only."""
+
+    workdir: Path
+    tls: tuple[Path, Path, Path] | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: `make setup` installs Debian's redis-server")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir), "--maxmemory-policy", "noeviction", "--protected-mode", "yes"]
+        if self.tls:
+            cert, key, ca = self.tls
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        log = open(self.workdir / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._listening, 10, f"redis-server on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def client(self) -> redis.Redis:
+        assert not self.tls, "use a TLS client for a TLS server"
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class CeleryProcess:
+    """One ``celery worker`` (or ``beat``) process with its own environment and log file."""
+
+    name: str
+    env: dict[str, str]
+    logdir: Path
+    queues: str = "default"
+    concurrency: int = 1
+    beat: bool = False
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def health_dir(self) -> Path:
+        return Path(self.env["IMAGINEER_HEALTH_DIR"])
+
+    @property
+    def log_path(self) -> Path:
+        return self.logdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        base = [sys.executable, "-m", "celery", "-A", APP]
+        if self.beat:
+            return [*base, "beat", "--loglevel=INFO", *self.extra_args]
+        return [*base, "worker", "--pool=prefork", "--loglevel=INFO", "-Q", self.queues,
+                f"--concurrency={self.concurrency}", f"--hostname={self.name}@%h", *self.extra_args]
+
+    def start(self, wait: bool = True, timeout: float = 60) -> CeleryProcess:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        # each process gets its own health dir, as each pod has its own /tmp
+        self.env = {**os.environ, "IMAGINEER_HEALTH_DIR": str(self.logdir / f"{self.name}.health"),
+                    **self.env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if wait and not self.beat:
+            wait_for(self._ready, timeout, f"worker {self.name} to consume {self.queues}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return (self.health_dir / "ready").exists()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """Warm shutdown (SIGTERM, as Kubernetes sends it), then SIGKILL the group if it hangs."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode

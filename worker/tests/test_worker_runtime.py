@@ -1,0 +1,71 @@
+"""The worker process itself: start-up, routing, time limits, concurrency rule, health files."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from celery.result import AsyncResult
+
+from imagineer_worker import health
+
+SLOW = ["--include=tests.support.slow_tasks"]
+
+
+def _json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def test_soft_limit_raises_in_task_and_hard_limit_kills_child_but_worker_survives(workers, celery_app):
+    limits = {"IMAGINEER_TASK_SOFT_TIME_LIMIT": "1", "IMAGINEER_TASK_TIME_LIMIT": "3"}
+    w = workers("default", concurrency=1, env=limits, extra_args=SLOW)
+
+    soft = celery_app.send_task("tests.sleep", kwargs={"seconds": 2.5}, queue="default")
+    assert soft.get(timeout=30) == "soft-limit"
+
+    hard = celery_app.send_task("tests.sleep", kwargs={"seconds": 10, "ignore_soft_limit": True}, queue="default")
+    with pytest.raises(Exception, match="TimeLimitExceeded"):
+        hard.get(timeout=30, propagate=True)
+    assert hard.state == "FAILURE"
+
+    # the pool replaced the killed child: the same worker still runs tasks
+    after = celery_app.send_task("tests.sleep", kwargs={"seconds": 0.1}, queue="default")
+    assert after.get(timeout=30) == "done"
+    assert w.proc.poll() is None
+
+
+def test_worker_logs_the_concurrency_decision_as_json(workers):
+    w = workers("default", concurrency=64)
+    decisions = [e for e in _json_lines(w.log()) if e.get("operation") == "concurrency"]
+    assert decisions, w.log()[-2000:]
+    entry = decisions[0]
+    assert entry["configured"] == 64
+    assert entry["effective"] == min(64, entry["vcpus"]) < 64
+    for key in ("timestamp", "level", "logger", "message", "hostname"):
+        assert key in entry
+
+
+def test_health_files_follow_the_consumer(workers):
+    w = workers("default")
+    assert health.check("readiness", w.health_dir)[0]
+    assert health.check("liveness", w.health_dir)[0]
+    w.stop()
+    ok, why = health.check("readiness", w.health_dir)
+    assert not ok and "missing" in why
+    assert not health.check("liveness", w.health_dir)[0]
+
+
+def test_a_worker_only_consumes_its_own_queues(workers, celery_app):
+    workers("scraping", name="only-scraping", extra_args=SLOW)
+    on_training = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="training")
+    on_scraping = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="scraping")
+    assert on_scraping.get(timeout=30) == "done"
+    time.sleep(1)
+    assert AsyncResult(on_training.id, app=celery_app).state == "PENDING"
