@@ -69,3 +69,39 @@ def test_a_worker_only_consumes_its_own_queues(workers, celery_app):
     assert on_scraping.get(timeout=30) == "done"
     time.sleep(1)
     assert AsyncResult(on_training.id, app=celery_app).state == "PENDING"
+
+
+def test_pickle_messages_are_refused_never_executed(workers, celery_app):
+    w = workers("default", extra_args=SLOW)
+    evil = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default", serializer="pickle")
+    ok = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default")
+    assert ok.get(timeout=30) == "done"
+    assert AsyncResult(evil.id, app=celery_app).state == "PENDING"
+    assert "application/x-python-serialize" in w.log()
+
+
+def test_sigterm_lets_the_running_task_finish(workers, celery_app):
+    w = workers("default", extra_args=SLOW)
+    running = celery_app.send_task("tests.sleep", kwargs={"seconds": 3}, queue="default")
+    deadline = time.monotonic() + 20
+    while running.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running.state == "STARTED"
+    assert w.stop() == 0  # warm shutdown: the exit waits for the task
+    assert running.get(timeout=5) == "done"
+
+
+def test_a_child_killed_mid_task_requeues_the_task(workers, celery_app):
+    import os
+    import signal
+
+    w = workers("default", extra_args=SLOW)
+    running = celery_app.send_task("tests.sleep", kwargs={"seconds": 2}, queue="default")
+    deadline = time.monotonic() + 20
+    while running.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first_pid = running.info["pid"]
+    os.kill(first_pid, signal.SIGKILL)  # what the OOM killer does
+    # task_reject_on_worker_lost: the message goes back to the queue and runs again to the end
+    assert running.get(timeout=60) == "done"
+    assert w.log().count(f"[{running.id}] received") == 2, "the task was not delivered a second time"

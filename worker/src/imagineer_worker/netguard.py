@@ -173,15 +173,18 @@ class DomainRateLimiter:
             return 0.0
         interval_ms = max(1, round(self.interval * 1000))
         key = self.prefix + domain.lower()
+        if self.client.set(key, "1", nx=True, px=interval_ms):
+            return 0.0
         started = time.monotonic()
-        while not self.client.set(key, "1", nx=True, px=interval_ms):
+        while True:
             ttl = int(self.client.pttl(key))
             if ttl == -1:  # a key without expiry (set by hand?) would block the domain forever
                 self.client.pexpire(key, interval_ms)
                 ttl = interval_ms
             if ttl > 0:
                 self.sleep(min(ttl, interval_ms) / 1000)
-        return time.monotonic() - started
+            if self.client.set(key, "1", nx=True, px=interval_ms):
+                return time.monotonic() - started
 
 
 # --- policy ---------------------------------------------------------------------------------------
@@ -456,6 +459,9 @@ def _request(target: _Target, addresses: list[str], policy: FetchPolicy, accept:
         try:
             try:
                 conn.connect()
+            except ssl.SSLCertVerificationError as exc:
+                raise FetchError(f"TLS handshake with {target.host} ({ip}) failed for {target.url}: "
+                                 f"certificate verify failed: {exc.verify_message}", url=target.url) from None
             except ssl.SSLError as exc:
                 raise FetchError(f"TLS handshake with {target.host} ({ip}) failed for {target.url}: "
                                  f"{exc.reason or exc}", url=target.url) from None

@@ -78,6 +78,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other pods (the API) read the shared volume
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -253,7 +253,11 @@ def _page_images(url: str, policy: FetchPolicy) -> list[tuple[str, str | None]]:
         raise ScrapeError(f"page_url {page.url} answered HTTP {page.status}")
     if page.content_type not in HTML_TYPES:
         raise ScrapeError(f"page_url {page.url} is {page.content_type or 'untyped'}, not HTML")
-    return image_links(page.body.decode(page.charset or "utf-8", errors="replace"), page.url)
+    try:
+        html = page.body.decode(page.charset or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset name in the header
+        html = page.body.decode("utf-8", errors="replace")
+    return image_links(html, page.url)
 
 
 def _progress(task: ImagineerTask, done: int, total: int) -> None:

@@ -28,6 +28,17 @@ def make_png(color: tuple[int, int, int], size: int = 64) -> bytes:
     return buf.getvalue()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client giving up on /huge.png or /slow.png is expected here, not worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class FixtureSite:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.images = {f"/img/{i}.png": make_png(c) for i, c in enumerate(COLORS)}
@@ -68,8 +79,7 @@ class FixtureSite:
                 else:
                     self._send(404, b"not found", "text/plain")
 
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer((host, 0), Handler)
         self.port = int(self.server.server_address[1])
         self.base_url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -125,8 +125,11 @@ class CeleryProcess:
         self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         if wait and not self.beat:
-            wait_for(self._ready, timeout, f"worker {self.name} to consume {self.queues}")
+            self.wait_ready(timeout)
         return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_for(self._ready, timeout, f"worker {self.name} to consume {self.queues}")
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -1,7 +1,10 @@
 """LoRA training for the ``training`` queue.
 
-Importing this package (and ``errors``, ``dataset``, ``job``) is cheap: no torch. The heavy
-modules, ``lora`` (the trainer), ``checkpoint`` and ``tiny`` (a tiny test pipeline), import torch,
-diffusers, transformers and peft at import time, so the Celery task imports them inside its body,
-in the prefork child: CUDA is never initialised in the worker's parent process.
+Light modules (no torch; the Celery task and clients import them): ``errors`` (exceptions a
+client can rebuild from a task result), ``dataset`` (manifest validation and hash), ``job`` (a
+job's directory, fingerprint, lock and result) and ``softlimit`` (deferring the soft time limit).
+
+Heavy modules, imported inside the task body in the prefork child so CUDA is never initialised
+in the worker's parent: ``lora`` (the trainer), ``checkpoint`` (resumable state) and ``tiny``
+(a tiny random Stable Diffusion pipeline for tests and demos).
 """

@@ -105,4 +105,5 @@ def load_manifest(data: DataDir, manifest: str | Path) -> Dataset:
         # Length-prefixed caption: no caption can forge the boundary to the next item.
         digest.update(f"{image_hash}:{len(caption.encode())}:".encode() + caption.encode())
         items.append(Item(path=image_path, caption=caption, sha256=image_hash))
-    return Dataset(dataset_id=dataset_id, manifest=Path(manifest), items=tuple(items), sha256=digest.hexdigest())
+    return Dataset(dataset_id=dataset_id, manifest=Path(manifest), items=tuple(items),
+                   sha256=digest.hexdigest())

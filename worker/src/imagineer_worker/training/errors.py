@@ -7,6 +7,9 @@ message argument so that round trip works.
 
 from __future__ import annotations
 
+# The names read as the outcome a client sees in a task result (N818 wants an "Error" suffix).
+# ruff: noqa: N818
+
 
 class DatasetError(ValueError):
     """The training manifest or one of its images is missing, empty or unreadable."""
@@ -25,3 +28,11 @@ class JobBusy(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """The soft time limit stopped training; a checkpoint was saved and a new delivery resumes."""
+
+
+class BaseModelError(ValueError):
+    """The base model could not be loaded (no such local directory or hub id, or not cached offline)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; continuing would only write garbage weights."""

@@ -108,7 +108,9 @@ class TrainResult:
         out = asdict(self)
         for key in ("weights", "metadata"):
             path: Path = out[key]
-            out[key] = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+            if root is not None and path.is_relative_to(root):
+                path = path.relative_to(root)
+            out[key] = str(path)
         return out
 
 
@@ -162,7 +164,9 @@ def job_lock(files: JobFiles, job_id: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise JobBusy(f"job {job_id} is being trained by another process; not starting a second copy") from None
+            raise JobBusy(
+                f"job {job_id} is being trained by another process; not starting a second copy"
+            ) from None
         yield
     finally:
         os.close(fd)

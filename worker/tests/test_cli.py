@@ -1,0 +1,76 @@
+"""``imagineer-workers doctor`` and ``submit`` against a real Redis and real workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from imagineer_worker.cli import LAST_RUN_KEY
+
+CLI = [sys.executable, "-m", "imagineer_worker.cli"]
+SLOW = ["--include=tests.support.slow_tasks"]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def _verdicts(stdout: str) -> dict[str, str]:
+    return {c["name"]: c["verdict"] for c in json.loads(stdout)}
+
+
+def test_doctor_names_the_queue_without_consumer_and_the_missing_beat(workers, redis_server):
+    workers("default,labeling", name="dl")
+    client = redis_server.client()
+    for _ in range(30):  # a backlog on a queue nobody consumes: the guide's alert threshold is 25
+        client.lpush("scraping", "{}")
+    doctor = _run("doctor", "--json", "--timeout", "2")
+    assert doctor.returncode == 1
+    v = _verdicts(doctor.stdout)
+    assert v["broker reachable"] == "PASS"
+    assert v["queue default: consumers"] == v["queue labeling: consumers"] == "PASS"
+    assert v["queue scraping: consumers"] == v["queue training: consumers"] == "FAIL"
+    assert v["queue scraping: length"] == "WARN"
+    assert v["prefetch multiplier"] == v["result_expires"] == "PASS"
+    assert v["beat: record_disk_usage"] == "FAIL"
+
+
+def test_doctor_passes_on_a_complete_fleet_after_record_disk_usage(workers, redis_server):
+    workers("default,training,scraping,labeling", name="all")
+    submit = _run("submit", "maintenance.record_disk_usage", "--wait", "--timeout", "60")
+    assert submit.returncode == 0, submit.stderr
+    assert redis_server.client().get(LAST_RUN_KEY) is not None
+    doctor = _run("doctor", "--timeout", "2")
+    assert doctor.returncode == 0, doctor.stdout
+    assert "FAIL" not in doctor.stdout
+
+
+def test_doctor_flags_a_stale_beat(workers, redis_server):
+    workers("default,training,scraping,labeling", name="all")
+    redis_server.client().set(LAST_RUN_KEY, "1000")  # 1970: beat has been dead for long
+    doctor = _run("doctor", "--json", "--timeout", "2")
+    assert doctor.returncode == 1
+    assert _verdicts(doctor.stdout)["beat: record_disk_usage"] == "FAIL"
+
+
+def test_doctor_reports_an_unreachable_broker():
+    doctor = _run("doctor", "--timeout", "1", env={"CELERY_BROKER_URL": "redis://127.0.0.1:1/0"})
+    assert doctor.returncode == 1
+    assert doctor.stdout.startswith("FAIL  broker reachable")
+
+
+def test_submit_reports_a_failed_task_and_exits_non_zero(workers):
+    workers("default,scraping", name="ds")
+    submit = _run("submit", "scraping.scrape_dataset", "--kwargs", '{"dataset_id": "x"}', "--wait",
+                  "--timeout", "60")
+    assert submit.returncode == 1
+    assert "task failed" in submit.stderr and "InvalidPayload" in submit.stderr
+
+
+def test_submit_rejects_non_json_arguments():
+    submit = _run("submit", "maintenance.record_disk_usage", "--kwargs", "{not json")
+    assert submit.returncode == 2 and "JSON object" in submit.stderr
