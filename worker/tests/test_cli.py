@@ -57,6 +57,14 @@ def test_doctor_flags_a_stale_beat(workers, redis_server):
     assert _verdicts(doctor.stdout)["beat: record_disk_usage"] == "FAIL"
 
 
+def test_doctor_runs_only_the_chosen_checks(workers):
+    workers("default", name="d")
+    doctor = _run("doctor", "--json", "--timeout", "2", "--queues", "default", "--checks", "broker,consumers")
+    assert doctor.returncode == 0, doctor.stdout  # beat never ran, but it was not asked for
+    assert set(_verdicts(doctor.stdout)) == {"broker reachable", "queue default: consumers"}
+    assert _run("doctor", "--checks", "broker,ping").returncode == 2
+
+
 def test_doctor_reports_an_unreachable_broker():
     doctor = _run("doctor", "--timeout", "1", env={"CELERY_BROKER_URL": "redis://127.0.0.1:1/0"})
     assert doctor.returncode == 1

@@ -9,6 +9,7 @@ import pytest
 from celery.result import AsyncResult
 
 from imagineer_worker import health
+from imagineer_worker.testing.services import wait_for
 
 SLOW = ["--include=tests.support.slow_tasks"]
 
@@ -83,10 +84,7 @@ def test_pickle_messages_are_refused_never_executed(workers, celery_app):
 def test_sigterm_lets_the_running_task_finish(workers, celery_app):
     w = workers("default", extra_args=SLOW)
     running = celery_app.send_task("tests.sleep", kwargs={"seconds": 3}, queue="default")
-    deadline = time.monotonic() + 20
-    while running.state != "STARTED" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert running.state == "STARTED"
+    wait_for(lambda: running.state == "STARTED", 20, "the task to start")
     assert w.stop() == 0  # warm shutdown: the exit waits for the task
     assert running.get(timeout=5) == "done"
 
@@ -97,9 +95,7 @@ def test_a_child_killed_mid_task_requeues_the_task(workers, celery_app):
 
     w = workers("default", extra_args=SLOW)
     running = celery_app.send_task("tests.sleep", kwargs={"seconds": 2}, queue="default")
-    deadline = time.monotonic() + 20
-    while running.state != "STARTED" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: running.state == "STARTED", 20, "the task to start")
     first_pid = running.info["pid"]
     os.kill(first_pid, signal.SIGKILL)  # what the OOM killer does
     # task_reject_on_worker_lost: the message goes back to the queue and runs again to the end

@@ -115,7 +115,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_routes": task_routes(settings),
         "beat_schedule": beat_schedule(settings),
-        "beat_schedule_filename": "/tmp/imagineer-celerybeat-schedule",  # root FS is read-only
+        # The root filesystem is read-only: beat keeps its schedule state beside the health files.
+        "beat_schedule_filename": str(settings.health_dir / "celerybeat-schedule"),
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
@@ -123,6 +124,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> Celery:
+    # beat opens its schedule file here before any signal fires
+    settings.health_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("imagineer", include=list(TASK_MODULES))
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(HealthFiles)
@@ -181,16 +184,22 @@ def _warn_about_cli_time_limits(sender: Any, **_: Any) -> None:
                                    f"{configured}s from {env}", {"operation": "time_limits"}))
 
 
-@signals.worker_ready.connect
-def _start_config_watcher(**_: Any) -> None:
+@signals.worker_init.connect
+def _create_config_watcher(**_: Any) -> None:
+    """Take the config file's baseline before the consumer starts (and the pod turns ready)."""
     global _watcher
-    for level, message, extra in _startup_notes:
-        log.log(level, message, extra=extra)
     path = get_settings().source
     if _watcher is None and path:
         _watcher = ConfigWatcher(Path(path))
+
+
+@signals.worker_ready.connect
+def _start_config_watcher(**_: Any) -> None:
+    for level, message, extra in _startup_notes:
+        log.log(level, message, extra=extra)
+    if _watcher is not None:
         _watcher.start()
-        log.info("watching %s=%s for changes", CONFIG_ENV, path, extra={"operation": "config_reload"})
+        log.info("watching %s=%s for changes", CONFIG_ENV, _watcher.path, extra={"operation": "config_reload"})
 
 
 @signals.task_prerun.connect

@@ -163,19 +163,36 @@ def _check_beat(app: Any, max_age_hours: float) -> Check:
     return Check("beat: record_disk_usage", "PASS", f"last ran {age_h * 60:.0f} min ago")
 
 
-def run_doctor(queues: Sequence[str], timeout: float, beat_max_age_hours: float) -> list[Check]:
+CHECKS = ("broker", "consumers", "lengths", "settings", "beat")
+
+
+def run_doctor(queues: Sequence[str], timeout: float, beat_max_age_hours: float,
+               only: Sequence[str] = CHECKS) -> list[Check]:
     app = _app()
     broker = _check_broker(app, timeout)
     if broker.verdict == "FAIL":
         return [broker]
-    consumer_checks, confs = _check_consumers(app, queues, timeout)
-    return [broker, *consumer_checks, *_check_lengths(app, queues), *_check_worker_conf(confs),
-            _check_beat(app, beat_max_age_hours)]
+    checks = [broker]
+    if "consumers" in only or "settings" in only:
+        consumer_checks, confs = _check_consumers(app, queues, timeout)
+        checks += consumer_checks if "consumers" in only else []
+    if "lengths" in only:
+        checks += _check_lengths(app, queues)
+    if "settings" in only:
+        checks += _check_worker_conf(confs)
+    if "beat" in only:
+        checks.append(_check_beat(app, beat_max_age_hours))
+    return checks
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    checks = run_doctor(queues, args.timeout, args.beat_max_age_hours)
+    only = [c.strip() for c in args.checks.split(",") if c.strip()]
+    unknown = sorted(set(only) - set(CHECKS))
+    if unknown:
+        print(f"doctor: unknown check {unknown[0]!r}; choose from {', '.join(CHECKS)}", file=sys.stderr)
+        return 2
+    checks = run_doctor(queues, args.timeout, args.beat_max_age_hours, only)
     if args.json:
         print(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
@@ -221,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", default=",".join(QUEUES), help="queues that must have a consumer")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for worker replies")
     p.add_argument("--beat-max-age-hours", type=float, default=BEAT_MAX_AGE_HOURS)
+    p.add_argument("--checks", default=",".join(CHECKS),
+                   help=f"comma list of checks to run (default: all of {','.join(CHECKS)})")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 

@@ -174,9 +174,8 @@ def test_soft_time_limit_interrupts_with_a_checkpoint_and_redelivery_resumes(
 ) -> None:
     w = training_worker
     job_id = f"soft-{uuid.uuid4().hex[:8]}"
-    # About 12 s of training at the warm-up's speed against a 3 s soft limit: interrupted early
-    # even if the machine gets a few times faster meanwhile (the warm-up ran under other load).
-    steps = _steps_lasting(w, 12.0, 60, 6000)
+    # Far more steps than 3 s allow, even if the warm-up ran under load: the soft limit always hits.
+    steps = _steps_lasting(w, 60.0, 2000, 20000)
     payload = w.payload(job_id, steps=steps, checkpoint_every=max(1, steps // 10))
     interrupted = w.send(payload)  # the worker's own limits: soft 3 s, hard 20 s
     states = _wait(interrupted, 60)
@@ -196,17 +195,20 @@ def test_soft_time_limit_interrupts_with_a_checkpoint_and_redelivery_resumes(
     assert (job_dir / "checkpoints" / f"step-{done}" / "state.json").is_file()
     assert not (job_dir / "pytorch_lora_weights.safetensors").exists()
 
-    resumed = w.send(payload, **NORMAL_LIMITS)
-    states = _wait(resumed, 120)
-    assert states[-1][0] == "SUCCESS", (states[-1], w.proc.log()[-3000:])
-    assert resumed.result["resumed_from"] == done
-    assert resumed.result["steps"] == steps
-    final = read_json(job_dir / "metadata.json")
-    assert final["status"] == "completed"
-    assert len(final["losses"]) == steps
-    assert final["losses"][:done] == meta["losses"]
+    # Delivered again (same limits): it resumes from that checkpoint, makes progress, and is
+    # interrupted again with a later checkpoint. Resuming all the way to the end is checked without
+    # a worker in tests/training (same losses as an uninterrupted run), free of this machine's speed.
+    resumed = w.send(payload)
+    states = _wait(resumed, 60)
+    assert states[-1][0] == "FAILURE", (states[-1], w.proc.log()[-3000:])
+    assert isinstance(resumed.result, TrainingInterrupted)
     progress_steps = [m["step"] for s, m in states if s == "PROGRESS"]
-    assert all(step > done for step in progress_steps)
+    assert progress_steps and all(step > done for step in progress_steps)
+    again = read_json(job_dir / "metadata.json")
+    assert again["resumed_from"] == done
+    assert done < again["completed_steps"] < steps
+    assert again["losses"][:done] == meta["losses"]
+    assert (job_dir / "checkpoints" / f"step-{again['completed_steps']}" / "state.json").is_file()
 
 
 @pytest.mark.slow

@@ -1,0 +1,266 @@
+{{/* ---------------------------------------------------------------- names and labels */}}
+
+{{- define "imagineer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "imagineer.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "imagineer.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "imagineer.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "imagineer.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels; call with (dict "root" $ "component" "training"). */}}
+{{- define "imagineer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imagineer.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* The recommended labels; call with (dict "root" $ "component" "training"). */}}
+{{- define "imagineer.labels" -}}
+{{ include "imagineer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: imagineer
+helm.sh/chart: {{ include "imagineer.chart" .root }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "imagineer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "imagineer.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "imagineer.secretName" -}}
+{{- default (include "imagineer.fullname" .) .Values.broker.existingSecret -}}
+{{- end -}}
+
+{{- define "imagineer.claimName" -}}
+{{- default (printf "%s-data" (include "imagineer.fullname" .)) .Values.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* Image reference; call with (dict "root" $ "image" <override map or nil>). */}}
+{{- define "imagineer.image" -}}
+{{- $img := merge (dict) (.image | default dict) .root.Values.image -}}
+{{- $repo := $img.repository | default .root.Values.image.repository -}}
+{{- $tag := $img.tag | default .root.Chart.AppVersion -}}
+{{- if $img.registry -}}
+{{- printf "%s/%s:%s" $img.registry $repo $tag -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- worker groups */}}
+
+{{/*
+A group's effective values: workerDefaults overridden by workers.<name>. Returned as YAML, so
+callers use (fromYaml (include "imagineer.group" (dict "root" $ "name" $name))).
+*/}}
+{{- define "imagineer.group" -}}
+{{- $group := index .root.Values.workers .name -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.workerDefaults) (deepCopy $group)) -}}
+{{- end -}}
+
+{{/* Memory quantity (e.g. 16Gi, 512Mi, 2G) in GiB as a float; 0 when empty. */}}
+{{- define "imagineer.memoryGi" -}}
+{{- $q := toString . -}}
+{{- $units := dict "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "K" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 -}}
+{{- $bytes := 0.0 -}}
+{{- if regexMatch "^[0-9.]+$" $q -}}
+{{- $bytes = float64 $q -}}
+{{- else -}}
+{{- range $suffix, $factor := $units -}}
+{{- if and (hasSuffix $suffix $q) (regexMatch "^[0-9.]+$" (trimSuffix $suffix $q)) -}}
+{{- $bytes = mulf (float64 (trimSuffix $suffix $q)) $factor -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- divf $bytes 1073741824.0 -}}
+{{- end -}}
+
+{{/*
+Render-time checks of one group that a JSON schema cannot express; each message names the value.
+Call with (dict "root" $ "name" $name "group" $group).
+*/}}
+{{- define "imagineer.validateGroup" -}}
+{{- $path := printf "workers.%s" .name -}}
+{{- $g := .group -}}
+{{- if and (gt (int $g.gpus) 0) (ne (int $g.concurrency) 1) (not $g.args) -}}
+{{- fail (printf "%s.concurrency must be 1 when %s.gpus is set (got %v): one job per GPU, as the guide requires" $path $path $g.concurrency) -}}
+{{- end -}}
+{{- if and (gt (int $g.gpus) 0) $g.args (not (has "--concurrency=1" $g.args)) -}}
+{{- fail (printf "%s.args must contain --concurrency=1 when %s.gpus is set: one job per GPU" $path $path) -}}
+{{- end -}}
+{{- if gt (float64 $g.checkpointSizeGi) 0.0 -}}
+{{- $limit := dig "limits" "memory" "" ($g.resources | default dict) -}}
+{{- if not $limit -}}
+{{- fail (printf "%s.resources.limits.memory is required when %s.checkpointSizeGi is set" $path $path) -}}
+{{- end -}}
+{{- $needed := mulf (float64 $g.checkpointSizeGi) 1.3 (float64 $g.concurrency) -}}
+{{- $have := float64 (include "imagineer.memoryGi" $limit) -}}
+{{- if lt $have $needed -}}
+{{- fail (printf "%s.resources.limits.memory %s is below %s.checkpointSizeGi x 1.3 x concurrency = %.1fGi (one checkpoint per task plus 30%%)" $path $limit $path $needed) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* `celery worker` arguments built from the structured values (or the `args` escape hatch). */}}
+{{- define "imagineer.workerArgs" -}}
+{{- $g := .group -}}
+{{- if $g.args -}}
+{{- toYaml $g.args -}}
+{{- else -}}
+{{- $args := list "-A" .root.Values.celery.app "worker" "--pool=prefork" (printf "--loglevel=%s" .root.Values.celery.loglevel) "-Q" (join "," $g.queues) (printf "--concurrency=%d" (int $g.concurrency)) (printf "--hostname=%s@%%h" .name) -}}
+{{- toYaml (concat $args ($g.extraArgs | default list)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- shared pod parts */}}
+
+{{- define "imagineer.validateGlobal" -}}
+{{- $c := .Values.celery -}}
+{{- if ge (int $c.softTimeLimitSeconds) (int $c.hardTimeLimitSeconds) -}}
+{{- fail (printf "celery.softTimeLimitSeconds (%v) must be below celery.hardTimeLimitSeconds (%v)" $c.softTimeLimitSeconds $c.hardTimeLimitSeconds) -}}
+{{- end -}}
+{{- if le (int $c.visibilityTimeoutSeconds) (int $c.hardTimeLimitSeconds) -}}
+{{- fail (printf "celery.visibilityTimeoutSeconds (%v) must exceed celery.hardTimeLimitSeconds (%v): Redis would redeliver tasks that are still running" $c.visibilityTimeoutSeconds $c.hardTimeLimitSeconds) -}}
+{{- end -}}
+{{- if and (not .Values.broker.existingSecret) (not .Values.broker.url) -}}
+{{- fail "broker.url is required unless broker.existingSecret names a Secret with the broker URL" -}}
+{{- end -}}
+{{- if not (has .Values.config.maintenanceQueue (include "imagineer.consumedQueues" . | fromYamlArray)) -}}
+{{- if .Values.beat.enabled -}}
+{{- fail (printf "config.maintenanceQueue %q is consumed by no enabled worker group: beat's maintenance jobs would stay PENDING" .Values.config.maintenanceQueue) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Every queue an enabled group consumes, as a YAML list. */}}
+{{- define "imagineer.consumedQueues" -}}
+{{- $queues := list -}}
+{{- range $name, $_ := .Values.workers -}}
+{{- $g := fromYaml (include "imagineer.group" (dict "root" $ "name" $name)) -}}
+{{- if $g.enabled -}}
+{{- $queues = concat $queues $g.queues -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml ($queues | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/* The environment every worker and beat container shares: the guide's variables, one source. */}}
+{{- define "imagineer.env" -}}
+- name: CELERY_BROKER_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "imagineer.secretName" . }}
+      key: {{ .Values.broker.existingSecretBrokerUrlKey }}
+- name: CELERY_RESULT_BACKEND
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "imagineer.secretName" . }}
+      key: {{ .Values.broker.existingSecretResultBackendKey }}
+- name: CELERY_RESULT_EXPIRES
+  value: {{ .Values.celery.resultExpiresSeconds | quote }}
+- name: IMAGINEER_CONFIG
+  value: /etc/imagineer/config/config.yaml
+- name: IMAGINEER_MAINTENANCE_QUEUE
+  value: {{ .Values.config.maintenanceQueue | quote }}
+- name: IMAGINEER_PURGE_TRAINING_HOUR
+  value: {{ .Values.config.purgeTrainingHour | quote }}
+- name: IMAGINEER_PURGE_SCRAPE_HOUR
+  value: {{ .Values.config.purgeScrapeHour | quote }}
+- name: IMAGINEER_DISK_SAMPLE_HOURS
+  value: {{ .Values.config.diskSampleHours | quote }}
+- name: IMAGINEER_TASK_SOFT_TIME_LIMIT
+  value: {{ .Values.celery.softTimeLimitSeconds | quote }}
+- name: IMAGINEER_TASK_TIME_LIMIT
+  value: {{ .Values.celery.hardTimeLimitSeconds | quote }}
+- name: IMAGINEER_VISIBILITY_TIMEOUT
+  value: {{ .Values.celery.visibilityTimeoutSeconds | quote }}
+- name: IMAGINEER_DATA_DIR
+  value: {{ .Values.persistence.mountPath | quote }}
+- name: IMAGINEER_HEALTH_DIR
+  value: /tmp/imagineer-health
+{{- if .Values.broker.caSecret }}
+- name: IMAGINEER_REDIS_CA_CERT
+  value: /etc/imagineer/redis-ca/{{ .Values.broker.caSecretKey }}
+{{- end }}
+{{- with .Values.broker.sentinelMaster }}
+- name: IMAGINEER_REDIS_SENTINEL_MASTER
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Call with (dict "root" $ "data" true|false): beat needs no data volume. */}}
+{{- define "imagineer.volumeMounts" -}}
+{{- with .root }}
+- name: tmp
+  mountPath: /tmp
+{{- /* a directory, not a subPath: subPath mounts never see ConfigMap updates, so no reload */}}
+- name: config
+  mountPath: /etc/imagineer/config
+  readOnly: true
+{{- if $.data }}
+- name: data
+  mountPath: {{ .Values.persistence.mountPath }}
+{{- end }}
+{{- if .Values.broker.caSecret }}
+- name: redis-ca
+  mountPath: /etc/imagineer/redis-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "imagineer.volumes" -}}
+{{- with .root }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+- name: config
+  configMap:
+    name: {{ include "imagineer.fullname" . }}
+{{- if $.data }}
+- name: data
+{{- if .Values.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "imagineer.claimName" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end }}
+{{- if .Values.broker.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.broker.caSecret }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod annotations that roll the pods when the broker Secret changes, and when config.yaml changes
+unless config.rollOnChange is false (then the workers reload it in place).
+*/}}
+{{- define "imagineer.checksums" -}}
+{{- if .Values.config.rollOnChange }}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end }}
+checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end -}}
