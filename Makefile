@@ -1,5 +1,6 @@
-# imagineer-workers — the interface: setup · demo · test · lint
-# Everything a fresh machine needs is installed from here (Debian packages, a venv), nothing by hand.
+# imagineer-workers — the interface: setup · demo · test · lint · chart-test
+# Everything a fresh machine needs is installed from here (Debian packages, a venv, the pinned
+# chart tools in .tools/ from tools.mk), nothing by hand.
 
 SHELL        := /bin/bash
 .SHELLFLAGS  := -eu -o pipefail -c
@@ -11,13 +12,21 @@ APT_PACKAGES := redis-server openssl
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS  ?=
 
-.PHONY: setup system-packages demo test lint worker-test clean help
+CHART        := charts/imagineer-workers
+VALUES_FILES := values-staging.yaml values-prod.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: setup system-packages demo test lint worker-test chart-test chart-readme clean help
 
 help:
 	@echo "make setup   install Debian packages (redis-server, openssl) and the venv (.venv, with torch)"
 	@echo "make demo    run the whole pipeline locally on a real Redis and print a status table"
 	@echo "make test    lint + the whole test suite (real Redis, real workers)"
 	@echo "make lint    ruff"
+	@echo "make chart-test  helm lint, helm-unittest, kubeconform and the chart render tests"
+	@echo "make tools   the pinned chart toolchain in .tools/ (helm, helm-unittest, kubeconform, schemas)"
+
+include tools.mk
 
 setup: system-packages $(STAMP)
 
@@ -42,11 +51,32 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check worker
 
 # pytest exits 5 when it collected nothing: that must fail, never pass silently.
-worker-test: setup
-	cd worker && HF_HUB_OFFLINE=1 ../$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+define run_pytest
+rc=0; $(1) || rc=$$?; \
+if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+endef
 
-test: lint worker-test
+worker-test: setup
+	cd worker && $(call run_pytest,HF_HUB_OFFLINE=1 ../$(VENV)/bin/pytest $(PYTEST_ARGS))
+
+# The Parameters section of the chart README is generated from the @param comments.
+chart-readme: tools
+	$(README_GENERATOR) --values $(CHART)/values.yaml --readme $(CHART)/README.md
+
+chart-test: tools $(STAMP)
+	$(HELM) lint --strict $(CHART)
+	for f in $(VALUES_FILES); do $(HELM) lint --strict $(CHART) -f $$f; done
+	$(HELM) unittest $(CHART)
+	for f in "" $(VALUES_FILES); do \
+	  echo "kubeconform: $${f:-default values}"; \
+	  $(HELM) template release $(CHART) --namespace imagineer $${f:+-f $$f} | $(KUBECONFORM) $(KUBECONFORM_FLAGS) -; \
+	done
+	tmp=$$(mktemp -d) && cp $(CHART)/README.md $$tmp/README.md && \
+	  $(README_GENERATOR) --values $(CHART)/values.yaml --readme $$tmp/README.md >/dev/null && \
+	  diff -u $(CHART)/README.md $$tmp/README.md || { echo "$(CHART)/README.md is out of date: run make chart-readme" >&2; exit 1; }
+	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) $(VENV)/bin/pytest tests)
+
+test: lint worker-test chart-test
 
 clean:
 	rm -rf .demo worker/.pytest_cache

@@ -255,12 +255,13 @@ Call with (dict "root" $ "name" $name "group" $group).
 {{- end -}}
 
 {{/*
-Pod annotations that roll the pods when the broker Secret changes, and when config.yaml changes
-unless config.rollOnChange is false (then the workers reload it in place).
+Pod annotations that roll the pods when the broker Secret's values change, and when config.yaml
+changes unless config.rollOnChange is false (then the workers reload it in place). Hashes of the
+values, not of the rendered files, so each template renders on its own (helm-unittest).
 */}}
 {{- define "imagineer.checksums" -}}
 {{- if .Values.config.rollOnChange }}
-checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/config: {{ toYaml .Values.config.file | sha256sum }}
 {{- end }}
-checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+checksum/secret: {{ toYaml .Values.broker | sha256sum }}
 {{- end -}}

@@ -1,0 +1,131 @@
+"""Beat singleton, the shared environment, config and secrets."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+
+from imagineer_worker.config import load_settings
+
+from tests.chart.helm import by_kind, container, env_of, render_chart
+
+URL_WITH_PASSWORD = "redis://:s3cr3t-pass@redis.internal:6379/0"
+
+
+def test_beat_is_one_recreated_pod_with_the_same_app():
+    beat = by_kind(render_chart(), "Deployment")["release-imagineer-workers-beat"]
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    c = container(beat)
+    assert c["command"] == ["celery"]
+    assert c["args"] == ["-A", "imagineer_worker.celery_app", "beat", "--loglevel=INFO"]
+    assert c["resources"]["limits"]["memory"] == "256Mi"
+    assert beat["metadata"]["labels"]["app.kubernetes.io/component"] == "beat"
+    assert "data" not in {v["name"] for v in beat["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_every_container_gets_the_guides_variables_with_their_defaults():
+    for d in by_kind(render_chart(), "Deployment").values():
+        env = env_of(d)
+        assert env["IMAGINEER_MAINTENANCE_QUEUE"] == "default"
+        assert env["IMAGINEER_PURGE_TRAINING_HOUR"] == "3"
+        assert env["IMAGINEER_PURGE_SCRAPE_HOUR"] == "4"
+        assert env["IMAGINEER_DISK_SAMPLE_HOURS"] == "6"
+        assert env["IMAGINEER_TASK_SOFT_TIME_LIMIT"] == "1500"
+        assert env["IMAGINEER_TASK_TIME_LIMIT"] == "1800"
+        assert env["IMAGINEER_VISIBILITY_TIMEOUT"] == "3600"
+        assert env["CELERY_RESULT_EXPIRES"] == "86400"
+        assert env["IMAGINEER_CONFIG"] == "/etc/imagineer/config/config.yaml"
+        assert env["IMAGINEER_DATA_DIR"] == "/data"
+        assert env["CELERY_BROKER_URL"] == {"secretKeyRef": {"name": "release-imagineer-workers", "key": "broker-url"}}
+        assert env["CELERY_RESULT_BACKEND"]["secretKeyRef"]["key"] == "result-backend-url"
+
+
+def test_broker_urls_live_only_in_the_secret():
+    objects = render_chart({"broker": {"url": URL_WITH_PASSWORD}})
+    secret = by_kind(objects, "Secret")["release-imagineer-workers"]
+    assert base64.b64decode(secret["data"]["broker-url"]).decode() == URL_WITH_PASSWORD
+    assert base64.b64decode(secret["data"]["result-backend-url"]).decode() == URL_WITH_PASSWORD
+    encoded = base64.b64encode(URL_WITH_PASSWORD.encode()).decode()
+    for obj in objects:
+        if obj["kind"] != "Secret":
+            text = yaml.safe_dump(obj)
+            assert "s3cr3t-pass" not in text and encoded not in text, obj["metadata"]["name"]
+
+
+def test_an_existing_secret_replaces_the_charts_secret():
+    objects = render_chart({"broker": {"existingSecret": "managed-redis", "url": ""}})
+    assert not by_kind(objects, "Secret")
+    env = env_of(by_kind(objects, "Deployment")["release-imagineer-workers-default"])
+    assert env["CELERY_BROKER_URL"]["secretKeyRef"]["name"] == "managed-redis"
+
+
+def test_tls_ca_and_sentinel_reach_the_workers():
+    objects = render_chart({"broker": {"url": "rediss://r:6380/0", "caSecret": "redis-ca", "sentinelMaster": "m"}})
+    d = by_kind(objects, "Deployment")["release-imagineer-workers-scraping"]
+    env = env_of(d)
+    assert env["IMAGINEER_REDIS_CA_CERT"] == "/etc/imagineer/redis-ca/ca.crt"
+    assert env["IMAGINEER_REDIS_SENTINEL_MASTER"] == "m"
+    volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["redis-ca"]["secret"]["secretName"] == "redis-ca"
+
+
+def test_config_file_is_mounted_from_the_configmap():
+    objects = render_chart({"config": {"file": {"scraping": {"allow_networks": ["10.1.0.0/16"]}}}})
+    cm = by_kind(objects, "ConfigMap")["release-imagineer-workers"]
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    assert config["scraping"]["allow_networks"] == ["10.1.0.0/16"]
+    assert config["scraping"]["max_redirects"] == 5  # the other defaults stay
+
+
+@pytest.mark.parametrize("values_file", ["default", "staging", "prod"])
+def test_the_worker_accepts_the_rendered_config_and_env(values_file, tmp_path):
+    """The chart and the worker package agree: the rendered config.yaml and env load cleanly."""
+    objects = render_chart(values_file=None if values_file == "default" else values_file)
+    (tmp_path / "config.yaml").write_text(by_kind(objects, "ConfigMap")["release-imagineer-workers"]["data"]["config.yaml"])
+    for deployment in by_kind(objects, "Deployment").values():
+        env = {k: v for k, v in env_of(deployment).items() if isinstance(v, str)}
+        env["IMAGINEER_CONFIG"] = str(tmp_path / "config.yaml")
+        env.pop("IMAGINEER_REDIS_CA_CERT", None)  # a mounted Secret in the pod
+        settings = load_settings(env)
+        assert settings.maintenance_queue == env["IMAGINEER_MAINTENANCE_QUEUE"]
+        assert settings.task_time_limit == int(env["IMAGINEER_TASK_TIME_LIMIT"])
+        assert str(settings.data_dir) == env["IMAGINEER_DATA_DIR"]
+
+
+def _checksums(values):
+    return {name: d["spec"]["template"]["metadata"]["annotations"]
+            for name, d in by_kind(render_chart(values), "Deployment").items()}
+
+
+def test_config_and_secret_changes_roll_the_pods():
+    base = _checksums({})
+    changed_config = _checksums({"config": {"file": {"purge": {"training_max_age_days": 7}}}})
+    changed_secret = _checksums({"broker": {"url": "redis://other:6379/0"}})
+    for name in base:
+        assert base[name]["checksum/config"] != changed_config[name]["checksum/config"]
+        assert base[name]["checksum/secret"] == changed_config[name]["checksum/secret"]
+        assert base[name]["checksum/secret"] != changed_secret[name]["checksum/secret"]
+    in_place = _checksums({"config": {"rollOnChange": False}})
+    assert all("checksum/config" not in a for a in in_place.values())
+
+
+def test_service_account_has_no_token_and_the_claim_is_kept():
+    objects = render_chart()
+    sa = by_kind(objects, "ServiceAccount")["release-imagineer-workers"]
+    assert sa["automountServiceAccountToken"] is False
+    pvc = by_kind(objects, "PersistentVolumeClaim")["release-imagineer-workers-data"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not by_kind(render_chart({"persistence": {"existingClaim": "shared"}}), "PersistentVolumeClaim")
+
+
+def test_helm_test_pod_checks_every_consumed_queue():
+    objects = render_chart({"workers": {"default": {"queues": ["default", "labeling"]},
+                                        "labeling": {"enabled": False}, "training": {"enabled": False}}})
+    pod = by_kind(objects, "Pod")["release-imagineer-workers-test-queues"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    cmd = container(pod)["command"]
+    assert cmd[:4] == ["imagineer-workers", "doctor", "--checks", "broker,consumers"]
+    assert cmd[cmd.index("--queues") + 1] == "default,labeling,scraping"

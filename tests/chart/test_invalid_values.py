@@ -1,0 +1,52 @@
+"""Bad values fail ``helm template`` with a message naming the value path: one row per mistake.
+
+The schema (values.schema.json) rejects wrong types, unknown keys and out-of-range numbers; the
+templates' ``fail`` checks what a schema cannot see (GPU and concurrency, memory and checkpoints,
+time limits against each other, a maintenance queue nobody consumes).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.helm import render_error
+
+INVALID = [
+    # (values, a string the message must contain)
+    ({"workers": {"default": {"concurrency": "two"}}}, "workers.default.concurrency"),
+    ({"workers": {"default": {"concurrency": 0}}}, "workers.default.concurrency"),
+    ({"workers": {"scraping": {"replicas": -1}}}, "workers.scraping.replicas"),
+    ({"workers": {"training": {"concurrency": 2}}}, "workers.training.concurrency must be 1 when workers.training.gpus"),
+    ({"workers": {"training": {"args": ["-A", "x", "worker", "-Q", "training", "--concurrency=2"]}}},
+     "workers.training.args must contain --concurrency=1"),
+    ({"celery": {"visibilityTimeoutSeconds": 1800}}, "celery.visibilityTimeoutSeconds (1800) must exceed"),
+    ({"celery": {"softTimeLimitSeconds": 1800}}, "celery.softTimeLimitSeconds (1800) must be below"),
+    ({"workers": {"training": {"checkpointSizeGi": 16}}},
+     "workers.training.resources.limits.memory 16Gi is below workers.training.checkpointSizeGi"),
+    ({"workers": {"labeling": {"checkpointSizeGi": 1, "resources": {"limits": {"memory": "4Gi"}}}}},
+     "workers.labeling.resources.limits.memory 4Gi is below"),
+    ({"workers": {"default": {"queues": ["default", "gpu"]}}}, "workers.default.queues.1"),
+    ({"workers": {"default": {"queues": []}}}, "workers.default.queues"),
+    ({"workers": {"default": {"concurency": 2}}}, "concurency"),
+    ({"workers": {"Bad_Name": {"queues": ["default"]}}}, "Bad_Name"),
+    ({"beat": {"replicas": 2}}, "replicas"),
+    ({"config": {"purgeTrainingHour": 25}}, "config.purgeTrainingHour"),
+    ({"config": {"diskSampleHours": 0}}, "config.diskSampleHours"),
+    ({"config": {"maintenanceQueue": "maintenance"}}, "config.maintenanceQueue"),
+    ({"config": {"maintenanceQueue": "training"}, "workers": {"training": {"enabled": False}}},
+     'config.maintenanceQueue "training" is consumed by no enabled worker group'),
+    ({"broker": {"url": ""}}, "broker.url is required unless broker.existingSecret"),
+    ({"broker": {"url": "http://redis:6379"}}, "broker.url"),
+    ({"workers": {"scraping": {"resources": {"limits": {"memory": "lots"}}}}},
+     "workers.scraping.resources.limits.memory"),
+    ({"workers": {"default": {"extraEnv": [{"value": "x"}]}}}, "workers.default.extraEnv.0"),
+    ({"persistence": {"mountPath": "data"}}, "persistence.mountPath"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), INVALID, ids=[e.split(" ")[0] for _, e in INVALID])
+def test_invalid_values_fail_with_a_message_naming_the_value(values, expected):
+    message = render_error(values)
+    # The chart's own checks name the value as a dotted path; helm's schema check as a JSON pointer.
+    assert expected in message or f"at '/{expected.replace('.', '/')}'" in message, message
