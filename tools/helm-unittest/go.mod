@@ -3,6 +3,7 @@
 // `go install github.com/helm-unittest/helm-unittest/cmd/helm-unittest@v1.1.2` is refused because
 // helm-unittest's go.mod has a replace directive (yaml-jsonpath -> the helm-unittest fork), and
 // replace directives only take effect in the main module. This module repeats that replace.
+// v1.1.2, not v1.1.0: proxy.golang.org answers 403 for v1.1.0 and v1.1.1 (checked 2026-11-26).
 module imagineer-workers/tools/helm-unittest
 
 go 1.26.0

@@ -102,11 +102,14 @@ Call with (dict "root" $ "name" $name "group" $group).
 {{- define "imagineer.validateGroup" -}}
 {{- $path := printf "workers.%s" .name -}}
 {{- $g := .group -}}
-{{- if and (gt (int $g.gpus) 0) (ne (int $g.concurrency) 1) (not $g.args) -}}
-{{- fail (printf "%s.concurrency must be 1 when %s.gpus is set (got %v): one job per GPU, as the guide requires" $path $path $g.concurrency) -}}
+{{- $res := $g.resources | default dict -}}
+{{- /* GPUs asked for by `gpus` or written into resources directly, as in the guide's snippet */}}
+{{- $gpus := max (int $g.gpus) (int (dig "limits" "nvidia.com/gpu" 0 $res)) (int (dig "requests" "nvidia.com/gpu" 0 $res)) -}}
+{{- if and (gt $gpus 0) (ne (int $g.concurrency) 1) (not $g.args) -}}
+{{- fail (printf "%s.concurrency must be 1 when %s requests a GPU (got %v): one job per GPU, as the guide requires" $path $path $g.concurrency) -}}
 {{- end -}}
-{{- if and (gt (int $g.gpus) 0) $g.args (not (has "--concurrency=1" $g.args)) -}}
-{{- fail (printf "%s.args must contain --concurrency=1 when %s.gpus is set: one job per GPU" $path $path) -}}
+{{- if and (gt $gpus 0) $g.args (not (has "--concurrency=1" $g.args)) -}}
+{{- fail (printf "%s.args must contain --concurrency=1 when %s requests a GPU: one job per GPU" $path $path) -}}
 {{- end -}}
 {{- if gt (float64 $g.checkpointSizeGi) 0.0 -}}
 {{- $limit := dig "limits" "memory" "" ($g.resources | default dict) -}}
