@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from imagineer_worker.cli import LAST_RUN_KEY
+from imagineer_worker.cli import DISK_USAGE_LAST_RUN
 
 CLI = [sys.executable, "-m", "imagineer_worker.cli"]
 SLOW = ["--include=tests.support.slow_tasks"]
@@ -43,7 +43,7 @@ def test_doctor_passes_on_a_complete_fleet_after_record_disk_usage(workers, redi
     workers("default,training,scraping,labeling", name="all")
     submit = _run("submit", "maintenance.record_disk_usage", "--wait", "--timeout", "60")
     assert submit.returncode == 0, submit.stderr
-    assert redis_server.client().get(LAST_RUN_KEY) is not None
+    assert redis_server.client().get(DISK_USAGE_LAST_RUN) is not None
     doctor = _run("doctor", "--timeout", "2")
     assert doctor.returncode == 0, doctor.stdout
     assert "FAIL" not in doctor.stdout
@@ -51,7 +51,7 @@ def test_doctor_passes_on_a_complete_fleet_after_record_disk_usage(workers, redi
 
 def test_doctor_flags_a_stale_beat(workers, redis_server):
     workers("default,training,scraping,labeling", name="all")
-    redis_server.client().set(LAST_RUN_KEY, "1000")  # 1970: beat has been dead for long
+    redis_server.client().set(DISK_USAGE_LAST_RUN, "1000")  # 1970: beat has been dead for long
     doctor = _run("doctor", "--json", "--timeout", "2")
     assert doctor.returncode == 1
     assert _verdicts(doctor.stdout)["beat: record_disk_usage"] == "FAIL"

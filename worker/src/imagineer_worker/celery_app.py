@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 from celery.schedules import crontab
 
+from imagineer_worker import health
 from imagineer_worker.concurrency import available_vcpus, effective_concurrency
 from imagineer_worker.config import CONFIG_ENV, ConfigError, ConfigWatcher, Settings, get_settings
-from imagineer_worker.health import HealthFiles
 from imagineer_worker.logging_config import configure_logging
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,33 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "worker_hijack_root_logger": False,
     }
+
+
+class HealthFiles(bootsteps.StartStopStep):
+    """Consumer bootstep: ``ready`` while consuming, ``alive`` refreshed by the event loop."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.dir = Path(get_settings().health_dir)
+        self._timer: Any = None
+
+    def start(self, parent: Any) -> None:
+        health.touch(self.dir / "alive")
+        health.touch(self.dir / "ready")
+        self._timer = parent.timer.call_repeatedly(health.HEARTBEAT_SECONDS, health.touch, (self.dir / "alive",))
+        log.info("worker ready; health files in %s", self.dir, extra={"operation": "health"})
+
+    def stop(self, parent: Any) -> None:
+        (self.dir / "ready").unlink(missing_ok=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
+        (self.dir / "alive").unlink(missing_ok=True)
 
 
 def create_app(settings: Settings) -> Celery:

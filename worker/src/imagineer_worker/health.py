@@ -9,56 +9,23 @@ writes two files in ``health.dir``:
 - ``alive`` is touched every ``HEARTBEAT_SECONDS`` by the worker's own event loop, so a hung main
   process shows up as a stale file.
 
-``imagineer-workers probe liveness|readiness`` checks them (exit 0 healthy, 1 not).
+``imagineer-workers probe liveness|readiness`` checks them (exit 0 healthy, 1 not). This module
+imports nothing heavy: a probe runs every few seconds and must cost milliseconds, not the quarter
+second that importing celery takes. The bootstep that writes the files is in ``celery_app``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
-from typing import Any
-
-from celery import bootsteps
-
-from imagineer_worker.config import get_settings
-
-log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
 DEFAULT_MAX_AGE = 60.0
 
 
-def _touch(path: Path) -> None:
+def touch(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{time.time():.3f}\n")
-
-
-class HealthFiles(bootsteps.StartStopStep):
-    """Consumer bootstep: ``ready`` while consuming, ``alive`` refreshed by the event loop."""
-
-    requires = {"celery.worker.consumer.tasks:Tasks"}
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.dir = Path(get_settings().health_dir)
-        self._timer: Any = None
-
-    def start(self, parent: Any) -> None:
-        _touch(self.dir / "alive")
-        _touch(self.dir / "ready")
-        self._timer = parent.timer.call_repeatedly(HEARTBEAT_SECONDS, _touch, (self.dir / "alive",))
-        log.info("worker ready; health files in %s", self.dir, extra={"operation": "health"})
-
-    def stop(self, parent: Any) -> None:
-        (self.dir / "ready").unlink(missing_ok=True)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def shutdown(self, parent: Any) -> None:
-        self.stop(parent)
-        (self.dir / "alive").unlink(missing_ok=True)
 
 
 def check(kind: str, health_dir: Path, max_age: float = DEFAULT_MAX_AGE) -> tuple[bool, str]:
