@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.chart.helm import by_kind, container, env_of, render_chart
 
 
@@ -32,3 +34,13 @@ def test_prod_runs_the_four_groups_training_on_a_gpu_node_and_a_dedicated_beat()
     assert "podAffinity" in labeling["affinity"]
     assert container(deployments["release-imagineer-workers-default"])["image"].startswith(
         "registry.imagineer.internal/imagineer/worker-default:")
+
+
+@pytest.mark.parametrize("values_file", [None, "staging", "prod"])
+def test_every_object_carries_the_recommended_labels(values_file):
+    for obj in render_chart(values_file=values_file):
+        labels = obj["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert labels.get(key), (obj["kind"], obj["metadata"]["name"], key)
+        assert obj["metadata"]["namespace"] == "imagineer"

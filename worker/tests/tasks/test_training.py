@@ -92,7 +92,11 @@ class TrainingWorker:
                 "resolution": RESOLUTION, **kw}
 
     def send(self, payload: dict[str, Any], **options: Any) -> AsyncResult:
-        return self.app.send_task(TASK_NAME, kwargs=payload, **options)
+        # Celery 5.7 copies the *client's* task limits into the message when the task is registered
+        # in this process (1500/1800 s here), which would override the worker's; None means "the
+        # worker's own limits" unless a test passes per-message limits.
+        limits = {"soft_time_limit": None, "time_limit": None}
+        return self.app.send_task(TASK_NAME, kwargs=payload, **{**limits, **options})
 
 
 def _wait(result: AsyncResult, timeout: float) -> list[tuple[str, Any]]:
