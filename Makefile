@@ -25,8 +25,11 @@ help:
 	@echo "make lint    ruff"
 	@echo "make chart-test  helm lint, helm-unittest, kubeconform and the chart render tests"
 	@echo "make tools   the pinned chart toolchain in .tools/ (helm, helm-unittest, kubeconform, schemas)"
+	@echo "make images  the per-queue worker images (local debootstrap base, offline builds); see images/README.md"
+	@echo "make locks   regenerate the images' hashed lock files after a dependency change"
 
 include tools.mk
+include images.mk
 
 setup: system-packages $(STAMP)
 
@@ -76,7 +79,7 @@ chart-test: tools $(STAMP)
 	  diff -u $(CHART)/README.md $$tmp/README.md || { echo "$(CHART)/README.md is out of date: run make chart-readme" >&2; exit 1; }
 	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) $(VENV)/bin/pytest tests)
 
-test: lint worker-test chart-test
+test: lint locks-check worker-test chart-test
 
 clean:
 	rm -rf .demo worker/.pytest_cache

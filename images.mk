@@ -1,0 +1,120 @@
+# images.mk — the worker images, `include`d by the Makefile (or `make -f images.mk images`).
+#
+#   make images       base image (if missing) + wheelhouse + the four images, then their sizes
+#   make base-image   imagineer/base-python:bookworm from debootstrap (no registry needed)
+#   make wheelhouse   every locked wheel in .cache/wheelhouse (the only source the builds use)
+#   make locks        regenerate images/*.lock from worker/pyproject.toml
+#   make locks-check  fail if a lock no longer matches worker/pyproject.toml (part of `make test`)
+#   make docker-engine  start dockerd when none answers
+#
+# Images: imagineer/worker-<queue>:$(IMAGE_TAG), IMAGE_TAG = the chart's appVersion, so the
+# chart's default repository/tag per group name exactly these. One Dockerfile per queue under
+# images/<queue>/; the three light images share images/light.lock (worker without extras: no
+# torch), training uses images/training.lock (worker[training]). See images/README.md.
+#
+# Network: only the host reaches PyPI (uv for the locks, pip for the wheelhouse); the builds get
+# wheels from .cache/wheelhouse over 127.0.0.1 and reach no index. Builds are sequential (the
+# machine has 2 cores) and lean on Docker's layer cache: unchanged locks and code rebuild nothing.
+
+IMAGES_MK      := $(lastword $(MAKEFILE_LIST))
+IMAGES_GOAL    := $(.DEFAULT_GOAL)
+DOCKER         ?= docker
+IMAGE_TAG      := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/imagineer-workers/Chart.yaml)
+IMAGE_QUEUES   := default scraping labeling training
+# The Dockerfiles default to python:3.11-slim-bookworm; here no registry is reachable, so the
+# base is built locally. Set BASE_IMAGE=python:3.11-slim-bookworm where a registry is available.
+BASE_IMAGE     ?= imagineer/base-python:bookworm
+LOCAL_BASE     := imagineer/base-python:bookworm
+# Fixed on purpose: the URL is part of the pip RUN line's cache key.
+WHEELHOUSE_PORT ?= 8765
+
+IMAGES_CACHE   := .cache/images
+WHEELHOUSE     := .cache/wheelhouse
+IMAGES_CONTEXT := $(IMAGES_CACHE)/context
+LOCKS          := images/light.lock images/training.lock
+WORKER_SOURCES := worker/pyproject.toml $(shell find worker/src -name '*.py' -o -name py.typed 2>/dev/null)
+WORKER_WHEEL   := $(IMAGES_CONTEXT)/imagineer_worker-$(IMAGE_TAG)-py3-none-any.whl
+
+# Lock and wheelhouse tools, pinned, in a venv of their own (not the project's .venv).
+UV_VERSION         := 0.13.8
+PIP_VERSION        := 26.3
+SETUPTOOLS_VERSION := 84.2.1
+IMAGES_VENV        := .tools/images-venv
+UV                 := $(IMAGES_VENV)/bin/uv
+IMAGES_PIP         := $(IMAGES_VENV)/bin/pip --disable-pip-version-check
+
+# The images' interpreter: CPython 3.11 on x86_64 glibc (bookworm has 2.36). The wheelhouse is
+# downloaded for exactly that, whatever the host runs.
+IMAGE_PYTHON   := 3.11
+UV_COMPILE     := $(UV) pip compile --quiet --generate-hashes --python-version $(IMAGE_PYTHON) \
+                  --python-platform x86_64-unknown-linux-gnu --annotation-style line \
+                  --custom-compile-command "make locks"
+WHEEL_PLATFORMS := $(foreach v,17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36,--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
+
+.PHONY: images base-image wheelhouse locks locks-check docker-engine images-clean
+
+docker-engine:
+	@if $(DOCKER) info >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v dockerd >/dev/null; then \
+	  echo "no Docker engine: install Debian's docker.io (apt-get install docker.io)" >&2; exit 1; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "the Docker engine is not running and starting dockerd needs root: start it (or the docker service) as root" >&2; exit 1; fi; \
+	echo "starting dockerd (log: /tmp/dockerd.log)"; \
+	nohup dockerd >/tmp/dockerd.log 2>&1 & \
+	for i in $$(seq 60); do $(DOCKER) info >/dev/null 2>&1 && exit 0; sleep 0.5; done; \
+	echo "dockerd did not come up within 30 s; last lines of /tmp/dockerd.log:" >&2; tail -n 20 /tmp/dockerd.log >&2; exit 1
+
+# Built once per machine (≈1-2 min: debootstrap from the apt mirror); `docker rmi` it to rebuild.
+base-image: docker-engine
+	@if [ "$(BASE_IMAGE)" != "$(LOCAL_BASE)" ]; then \
+	  $(DOCKER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || { echo "BASE_IMAGE $(BASE_IMAGE) is not present locally" >&2; exit 1; }; \
+	elif ! $(DOCKER) image inspect $(LOCAL_BASE) >/dev/null 2>&1; then \
+	  DOCKER=$(DOCKER) images/build-base.sh $(LOCAL_BASE); \
+	fi
+
+$(IMAGES_VENV)/.images-installed: $(IMAGES_MK)
+	rm -rf $(IMAGES_VENV) && python3 -m venv $(IMAGES_VENV)
+	$(IMAGES_PIP) install -q pip==$(PIP_VERSION) uv==$(UV_VERSION) setuptools==$(SETUPTOOLS_VERSION)
+	touch $@
+
+# uv keeps the pins already in a lock (it only re-resolves what the inputs force), so a lock
+# changes only when worker/pyproject.toml does, never because PyPI published something.
+locks: $(IMAGES_VENV)/.images-installed
+	$(UV_COMPILE) worker/pyproject.toml -o images/light.lock
+	$(UV_COMPILE) worker/pyproject.toml --extra training -o images/training.lock
+
+locks-check: $(IMAGES_VENV)/.images-installed
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp $(LOCKS) $$tmp/ && \
+	$(UV_COMPILE) worker/pyproject.toml -o $$tmp/light.lock && \
+	$(UV_COMPILE) worker/pyproject.toml --extra training -o $$tmp/training.lock && \
+	for f in $(LOCKS); do diff -u $$f $$tmp/$$(basename $$f) || { echo "$$f is not current: run make locks" >&2; exit 1; }; done
+	@echo "locks are current: $(LOCKS)"
+
+# Binary wheels only (no sdist builds on the host), for the images' interpreter and platform,
+# hash-checked against the lock.
+$(WHEELHOUSE)/.%.done: images/%.lock | $(IMAGES_VENV)/.images-installed
+	mkdir -p $(WHEELHOUSE)
+	$(IMAGES_PIP) download -q --no-deps --require-hashes --only-binary=:all: \
+	  --python-version $(IMAGE_PYTHON) --implementation cp $(WHEEL_PLATFORMS) -r $< -d $(WHEELHOUSE)
+	touch $@
+
+wheelhouse: $(LOCKS:images/%.lock=$(WHEELHOUSE)/.%.done)
+
+# The worker's own wheel, built on the host; SOURCE_DATE_EPOCH makes it byte-identical when the
+# code is, so the image's COPY layer stays cached.
+$(WORKER_WHEEL): $(WORKER_SOURCES) | $(IMAGES_VENV)/.images-installed
+	rm -rf $(IMAGES_CONTEXT)/imagineer_worker-*.whl worker/build
+	SOURCE_DATE_EPOCH=315532800 $(IMAGES_PIP) wheel -q --no-deps --no-build-isolation ./worker -w $(IMAGES_CONTEXT)
+	rm -rf worker/build
+
+images: base-image wheelhouse $(WORKER_WHEEL)
+	cp $(LOCKS) images/entrypoint.sh $(IMAGES_CONTEXT)/
+	DOCKER=$(DOCKER) images/build-images.sh $(IMAGES_CONTEXT) $(WHEELHOUSE) $(WHEELHOUSE_PORT) \
+	  $(BASE_IMAGE) $(IMAGE_TAG) $(IMAGE_QUEUES)
+
+images-clean:
+	rm -rf $(IMAGES_CACHE) $(WHEELHOUSE)
+	-$(DOCKER) rmi $(foreach q,$(IMAGE_QUEUES),imagineer/worker-$(q):$(IMAGE_TAG)) 2>/dev/null
+
+# Included at the top of a Makefile, this file must not make its first target the default goal.
+.DEFAULT_GOAL := $(IMAGES_GOAL)
