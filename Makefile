@@ -52,6 +52,7 @@ demo: setup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check worker
+	$(VENV)/bin/ruff check --config worker/pyproject.toml tests tools/schemas.py
 
 # pytest exits 5 when it collected nothing: that must fail, never pass silently.
 define run_pytest

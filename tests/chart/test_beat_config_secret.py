@@ -6,7 +6,6 @@ import base64
 
 import pytest
 import yaml
-
 from imagineer_worker.config import load_settings
 
 from tests.chart.helm import by_kind, container, env_of, render_chart
@@ -84,7 +83,8 @@ def test_config_file_is_mounted_from_the_configmap():
 def test_the_worker_accepts_the_rendered_config_and_env(values_file, tmp_path):
     """The chart and the worker package agree: the rendered config.yaml and env load cleanly."""
     objects = render_chart(values_file=None if values_file == "default" else values_file)
-    (tmp_path / "config.yaml").write_text(by_kind(objects, "ConfigMap")["release-imagineer-workers"]["data"]["config.yaml"])
+    configmap = by_kind(objects, "ConfigMap")["release-imagineer-workers"]
+    (tmp_path / "config.yaml").write_text(configmap["data"]["config.yaml"])
     for deployment in by_kind(objects, "Deployment").values():
         env = {k: v for k, v in env_of(deployment).items() if isinstance(v, str)}
         env["IMAGINEER_CONFIG"] = str(tmp_path / "config.yaml")
