@@ -8,7 +8,7 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 STAMP        := $(VENV)/.installed
-APT_PACKAGES := redis-server openssl
+APT_PACKAGES := redis-server openssl docker.io debootstrap
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS  ?=
 
@@ -16,7 +16,7 @@ CHART        := charts/imagineer-workers
 VALUES_FILES := values-staging.yaml values-prod.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: setup system-packages demo test lint worker-test chart-test chart-readme clean help
+.PHONY: setup system-packages demo test lint worker-test chart-test chart-readme run-test run-test-clean clean help
 
 help:
 	@echo "make setup   install Debian packages (redis-server, openssl) and the venv (.venv, with torch)"
@@ -24,6 +24,7 @@ help:
 	@echo "make test    lint + the whole test suite (real Redis, real workers)"
 	@echo "make lint    ruff"
 	@echo "make chart-test  helm lint, helm-unittest, kubeconform and the chart render tests"
+	@echo "make run-test    the rendered pods run as containers from the built images (needs Docker)"
 	@echo "make tools   the pinned chart toolchain in .tools/ (helm, helm-unittest, kubeconform, schemas)"
 	@echo "make images  the per-queue worker images (local debootstrap base, offline builds); see images/README.md"
 	@echo "make locks   regenerate the images' hashed lock files after a dependency change"
@@ -80,7 +81,14 @@ chart-test: tools $(STAMP)
 	  diff -u $(CHART)/README.md $$tmp/README.md || { echo "$(CHART)/README.md is out of date: run make chart-readme" >&2; exit 1; }
 	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) $(VENV)/bin/pytest tests/chart)
 
-test: lint locks-check worker-test chart-test
+# The chart's pod specs executed: each rendered Deployment as a container from the built images.
+run-test: system-packages images tools $(STAMP)
+	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) $(VENV)/bin/pytest tests/run $(PYTEST_ARGS))
+
+run-test-clean:  # containers left behind by a killed run
+	-docker rm -f $$(docker ps -aq --filter label=imagineer-run-test) 2>/dev/null
+
+test: lint locks-check worker-test chart-test run-test
 
 clean:
 	rm -rf .demo worker/.pytest_cache

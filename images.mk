@@ -29,7 +29,8 @@ LOCAL_BASE     := imagineer/base-python:bookworm
 WHEELHOUSE_PORT ?= 8765
 
 IMAGES_CACHE   := .cache/images
-WHEELHOUSE     := .cache/wheelhouse
+# Outside the clone, so every clone on this machine (CI included) reuses the 2.7 GB of wheels.
+WHEELHOUSE     ?= $(HOME)/.cache/imagineer-workers/wheelhouse
 IMAGES_CONTEXT := $(IMAGES_CACHE)/context
 LOCKS          := images/light.lock images/training.lock
 WORKER_SOURCES := worker/pyproject.toml $(shell find worker/src -name '*.py' -o -name py.typed 2>/dev/null)

@@ -98,6 +98,13 @@ def test_overridden_beat_schedule():
     assert {e["options"]["queue"] for e in schedule.values()} == {"labeling"}
 
 
+def test_a_minute_interval_overrides_the_hours_for_tests():
+    schedule = beat_schedule(load_settings({"IMAGINEER_DISK_SAMPLE_MINUTES": "1"}))
+    entry = schedule["record-disk-usage"]
+    assert entry["schedule"] == crontab(minute="*/1")
+    assert entry["options"]["expires"] == 60
+
+
 def test_the_guides_app_path_is_the_same_app():
     from server.celery_app import celery as guide_app
 

@@ -9,7 +9,7 @@ import pytest
 from celery.result import AsyncResult
 
 from imagineer_worker import health
-from imagineer_worker.testing.services import wait_for
+from imagineer_worker.testing.services import RedisServer, wait_for
 
 SLOW = ["--include=tests.support.slow_tasks"]
 
@@ -61,6 +61,24 @@ def test_health_files_follow_the_consumer(workers):
     ok, why = health.check("readiness", w.health_dir)
     assert not ok and "missing" in why
     assert not health.check("liveness", w.health_dir)[0]
+
+
+def test_a_broker_outage_fails_readiness_but_not_liveness(workers, tmp_path):
+    """Restarting every pod would not bring Redis back: only readiness reflects the outage."""
+    redis = RedisServer(tmp_path / "redis").start()
+    w = workers("default", env={"CELERY_BROKER_URL": redis.url, "CELERY_RESULT_BACKEND": redis.url})
+    redis.stop()
+    wait_for(lambda: not health.check("readiness", w.health_dir)[0], 30, "readiness to fail")
+    time.sleep(1.5)
+    ok, why = health.check("liveness", w.health_dir, max_age=1)  # the heartbeat is older than 1 s
+    assert ok and "reconnecting" in why
+    restarted = RedisServer(tmp_path / "redis", port=redis.port).start()
+    try:
+        wait_for(lambda: health.check("readiness", w.health_dir)[0], 60, "readiness after the outage")
+        assert not (w.health_dir / "reconnecting").exists()
+    finally:
+        w.stop()
+        restarted.stop()
 
 
 def test_a_worker_only_consumes_its_own_queues(workers, celery_app):

@@ -191,6 +191,8 @@ Call with (dict "root" $ "name" $name "group" $group).
   value: {{ .Values.config.purgeScrapeHour | quote }}
 - name: IMAGINEER_DISK_SAMPLE_HOURS
   value: {{ .Values.config.diskSampleHours | quote }}
+- name: IMAGINEER_DISK_SAMPLE_MINUTES
+  value: {{ .Values.config.diskSampleMinutes | quote }}
 - name: IMAGINEER_TASK_SOFT_TIME_LIMIT
   value: {{ .Values.celery.softTimeLimitSeconds | quote }}
 - name: IMAGINEER_TASK_TIME_LIMIT

@@ -49,12 +49,17 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     floods the queue with stale copies once a worker comes back.
     """
     queue = settings.maintenance_queue
-    every = settings.disk_sample_hours
+    if settings.disk_sample_minutes:  # a short interval for tests and debugging
+        minutes = settings.disk_sample_minutes
+        disk_schedule, disk_seconds = crontab(minute=f"*/{minutes}"), minutes * 60
+    else:
+        hours = settings.disk_sample_hours
+        disk_schedule, disk_seconds = crontab(minute=0, hour=f"*/{hours}"), hours * 3600
     return {
         "record-disk-usage": {
             "task": "imagineer.maintenance.record_disk_usage",
-            "schedule": crontab(minute=0, hour=f"*/{every}"),
-            "options": {"queue": queue, "expires": every * 3600},
+            "schedule": disk_schedule,
+            "options": {"queue": queue, "expires": disk_seconds},
         },
         "purge-stale-training": {
             "task": "imagineer.maintenance.purge_stale_training",
@@ -134,20 +139,24 @@ class HealthFiles(bootsteps.StartStopStep):
         self._timer: Any = None
 
     def start(self, parent: Any) -> None:
+        (self.dir / "reconnecting").unlink(missing_ok=True)
         health.touch(self.dir / "alive")
         health.touch(self.dir / "ready")
         self._timer = parent.timer.call_repeatedly(health.HEARTBEAT_SECONDS, health.touch, (self.dir / "alive",))
         log.info("worker ready; health files in %s", self.dir, extra={"operation": "health"})
 
     def stop(self, parent: Any) -> None:
+        """The consumer stops on a broker connection loss too: not ready, but alive (reconnecting)."""
         (self.dir / "ready").unlink(missing_ok=True)
+        health.touch(self.dir / "reconnecting")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)
-        (self.dir / "alive").unlink(missing_ok=True)
+        for name in ("alive", "reconnecting"):
+            (self.dir / name).unlink(missing_ok=True)
 
 
 def create_app(settings: Settings) -> Celery:

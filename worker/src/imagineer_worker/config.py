@@ -72,6 +72,8 @@ FIELDS: tuple[Field, ...] = (
     Field("purge_training_hour", int, 3, minimum=0, maximum=23),
     Field("purge_scrape_hour", int, 4, minimum=0, maximum=23),
     Field("disk_sample_hours", int, 6, minimum=1, maximum=24),
+    Field("disk_sample_minutes", int, 0, minimum=0, maximum=59,
+          help="when set, sample disk usage every N minutes instead (tests, debugging)"),
     # --- storage ------------------------------------------------------------------------------
     Field("data_dir", Path, Path("/data")),
     Field("purge.training_max_age_days", float, 14.0, minimum=0),

@@ -7,7 +7,10 @@ writes two files in ``health.dir``:
 - ``ready`` exists while the consumer is connected and consuming (removed when it stops, e.g.
   on a broker connection loss, so the pod leaves the Service without being killed);
 - ``alive`` is touched every ``HEARTBEAT_SECONDS`` by the worker's own event loop, so a hung main
-  process shows up as a stale file.
+  process shows up as a stale file;
+- ``reconnecting`` exists while the consumer is down and Celery retries the broker: the event loop
+  does not tick then, but restarting the pod would not bring Redis back, so liveness passes while
+  readiness fails (a broker outage must not restart the whole fleet).
 
 ``imagineer-workers probe liveness|readiness`` checks them (exit 0 healthy, 1 not). This module
 imports nothing heavy: a probe runs every few seconds and must cost milliseconds, not the quarter
@@ -32,6 +35,10 @@ def check(kind: str, health_dir: Path, max_age: float = DEFAULT_MAX_AGE) -> tupl
     """Probe verdict for ``kind`` in ``("liveness", "readiness")``."""
     name = "alive" if kind == "liveness" else "ready"
     path = health_dir / name
+    reconnecting = health_dir / "reconnecting"
+    if kind == "liveness" and reconnecting.exists():
+        since = time.time() - reconnecting.stat().st_mtime
+        return True, f"the worker has been reconnecting to the broker for {since:.0f}s"
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
