@@ -25,8 +25,15 @@ def _tool(var: str, default: str) -> list[str]:
 
 HELM = _tool("HELM", str(REPO / ".tools" / "bin" / "helm"))
 KUBECONFORM = _tool("KUBECONFORM", str(REPO / ".tools" / "bin" / "kubeconform"))
-KUBECONFORM_FLAGS = shlex.split(os.environ.get("KUBECONFORM_FLAGS", ""))
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.31.0")
+_SCHEMAS = REPO / ".tools" / "schemas"
+# The same offline, strict schemas as tools.mk's KUBECONFORM_FLAGS: never kubeconform's web default.
+KUBECONFORM_FLAGS = shlex.split(os.environ.get("KUBECONFORM_FLAGS", "")) or [
+    "-strict", "-summary", "-kubernetes-version", KUBE_VERSION,
+    "-schema-location", f"{_SCHEMAS}/{{{{ .NormalizedKubernetesVersion }}}}-local{{{{ .StrictSuffix }}}}/"
+                        "{{ .ResourceKind }}{{ .KindSuffix }}.json",
+    "-schema-location", f"{_SCHEMAS}/crds/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
+]
 
 
 class RenderError(Exception):
