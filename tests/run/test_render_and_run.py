@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imagineer_worker.tasks.maintenance import DISK_USAGE_LAST_RUN
 from imagineer_worker.testing.fixture_site import FixtureSite
 from imagineer_worker.testing.services import RedisServer
 
@@ -24,7 +25,6 @@ from tests.run.fleet import Fleet, docker, exec_in, logs, run_values
 
 APP = "imagineer_worker.celery_app"
 DISK_USAGE = "imagineer.maintenance.record_disk_usage"
-DISK_USAGE_LAST_RUN = "imagineer:maintenance:last_run:record_disk_usage"
 LIVENESS_MAX_AGE = 15  # rendered into the probe; above the worker's 10 s heartbeat
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from imagineer_worker.cli import DISK_USAGE_LAST_RUN
+from imagineer_worker.tasks.maintenance import DISK_USAGE_LAST_RUN
 
 CLI = [sys.executable, "-m", "imagineer_worker.cli"]
 SLOW = ["--include=tests.support.slow_tasks"]

@@ -18,7 +18,6 @@ from typing import Any
 from imagineer_worker import health
 from imagineer_worker.config import QUEUES, ConfigError, load_settings
 
-DISK_USAGE_LAST_RUN = "imagineer:maintenance:last_run:record_disk_usage"  # tasks.maintenance.LAST_RUN_KEY
 TASK_PREFIX = "imagineer."
 QUEUE_ALERT_LENGTH = 25  # the guide's alert threshold
 BEAT_MAX_AGE_HOURS = 12.0  # the guide's "no record_disk_usage run in 12 hours"
@@ -152,6 +151,8 @@ def _check_worker_conf(confs: dict[str, Any]) -> list[Check]:
 
 
 def _check_beat(app: Any, max_age_hours: float) -> Check:
+    from imagineer_worker.tasks.maintenance import DISK_USAGE_LAST_RUN  # not at import: probes stay light
+
     raw = app.backend.client.get(DISK_USAGE_LAST_RUN)
     if raw is None:
         return Check("beat: record_disk_usage", "FAIL", "never ran (no record in the result backend)",

@@ -42,6 +42,7 @@ from imagineer_worker.tasks.base import ImagineerTask, Payload, validate
 log = logging.getLogger(__name__)
 
 LAST_RUN_KEY = "imagineer:maintenance:last_run:{name}"
+DISK_USAGE_LAST_RUN = LAST_RUN_KEY.format(name="record_disk_usage")  # doctor's beat-liveness check
 DISK_USAGE_FILE = "disk_usage.jsonl"
 _DAY = 86400.0
 
