@@ -8,7 +8,7 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 STAMP        := $(VENV)/.installed
-APT_PACKAGES := redis-server openssl docker.io debootstrap
+APT_PACKAGES := redis-server openssl docker.io debootstrap chromium
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS  ?=
 
@@ -79,7 +79,7 @@ chart-test: tools $(STAMP)
 	tmp=$$(mktemp -d) && cp $(CHART)/README.md $$tmp/README.md && \
 	  $(README_GENERATOR) --values $(CHART)/values.yaml --readme $$tmp/README.md >/dev/null && \
 	  diff -u $(CHART)/README.md $$tmp/README.md || { echo "$(CHART)/README.md is out of date: run make chart-readme" >&2; exit 1; }
-	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) $(VENV)/bin/pytest tests/chart)
+	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) PROMTOOL=$(PROMTOOL) $(VENV)/bin/pytest tests/chart)
 
 # The chart's pod specs executed: each rendered Deployment as a container from the built images.
 run-test: system-packages images tools $(STAMP)

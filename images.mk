@@ -1,16 +1,18 @@
 # images.mk — the worker images, `include`d by the Makefile (or `make -f images.mk images`).
 #
-#   make images       base image (if missing) + wheelhouse + the four images, then their sizes
+#   make images       base image (if missing) + wheelhouse + the six images, then their sizes
 #   make base-image   imagineer/base-python:bookworm from debootstrap (no registry needed)
 #   make wheelhouse   every locked wheel in .cache/wheelhouse (the only source the builds use)
-#   make locks        regenerate images/*.lock from worker/pyproject.toml
-#   make locks-check  fail if a lock no longer matches worker/pyproject.toml (part of `make test`)
+#   make locks        regenerate images/*.lock from worker/pyproject.toml and images/*/requirements.in
+#   make locks-check  fail if a lock no longer matches its inputs (part of `make test`)
 #   make docker-engine  start dockerd when none answers
 #
 # Images: imagineer/worker-<queue>:$(IMAGE_TAG), IMAGE_TAG = the chart's appVersion, so the
 # chart's default repository/tag per group name exactly these. One Dockerfile per queue under
 # images/<queue>/; the three light images share images/light.lock (worker without extras: no
-# torch), training uses images/training.lock (worker[training]). See images/README.md.
+# torch), training uses images/training.lock (worker[training]). Monitoring: images/exporter/
+# (imagineer/celery-exporter, images/exporter.lock: the upstream exporter alone, no worker) and
+# images/flower/ (imagineer/flower, images/flower.lock: light + flower). See images/README.md.
 #
 # Network: only the host reaches PyPI (uv for the locks, pip for the wheelhouse); the builds get
 # wheels from .cache/wheelhouse over 127.0.0.1 and reach no index. Builds are sequential (the
@@ -21,6 +23,9 @@ IMAGES_GOAL    := $(.DEFAULT_GOAL)
 DOCKER         ?= docker
 IMAGE_TAG      := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/imagineer-workers/Chart.yaml)
 IMAGE_QUEUES   := default scraping labeling training
+# What `make images` builds, as <folder under images/>=<repository> (tag: IMAGE_TAG), in order.
+IMAGES         := $(foreach q,$(IMAGE_QUEUES),$(q)=imagineer/worker-$(q)) \
+                  exporter=imagineer/celery-exporter flower=imagineer/flower
 # The Dockerfiles default to python:3.11-slim-bookworm; here no registry is reachable, so the
 # base is built locally. Set BASE_IMAGE=python:3.11-slim-bookworm where a registry is available.
 BASE_IMAGE     ?= imagineer/base-python:bookworm
@@ -32,7 +37,14 @@ IMAGES_CACHE   := .cache/images
 # Outside the clone, so every clone on this machine (CI included) reuses the 2.7 GB of wheels.
 WHEELHOUSE     ?= $(HOME)/.cache/imagineer-workers/wheelhouse
 IMAGES_CONTEXT := $(IMAGES_CACHE)/context
-LOCKS          := images/light.lock images/training.lock
+# Each lock and its uv inputs. flower.lock is constrained by light.lock (the worker package runs
+# with the worker images' exact versions), so light.lock comes first.
+LOCK_NAMES     := light training exporter flower
+LOCK_INPUTS_light    := worker/pyproject.toml
+LOCK_INPUTS_training := worker/pyproject.toml --extra training
+LOCK_INPUTS_exporter := images/exporter/requirements.in
+LOCK_INPUTS_flower   := worker/pyproject.toml images/flower/requirements.in -c images/light.lock
+LOCKS          := $(LOCK_NAMES:%=images/%.lock)
 WORKER_SOURCES := worker/pyproject.toml $(shell find worker/src -name '*.py' -o -name py.typed 2>/dev/null)
 WORKER_WHEEL   := $(IMAGES_CONTEXT)/imagineer_worker-$(IMAGE_TAG)-py3-none-any.whl
 
@@ -79,15 +91,22 @@ $(IMAGES_VENV)/.images-installed: $(IMAGES_MK)
 	touch $@
 
 # uv keeps the pins already in a lock (it only re-resolves what the inputs force), so a lock
-# changes only when worker/pyproject.toml does, never because PyPI published something.
-locks: $(IMAGES_VENV)/.images-installed
-	$(UV_COMPILE) worker/pyproject.toml -o images/light.lock
-	$(UV_COMPILE) worker/pyproject.toml --extra training -o images/training.lock
+# changes only when its inputs do, never because PyPI published something.
+define compile_lock
+$(UV_COMPILE) $(LOCK_INPUTS_$(1)) -o images/$(1).lock
 
+endef
+
+locks: $(IMAGES_VENV)/.images-installed
+	$(foreach n,$(LOCK_NAMES),$(call compile_lock,$(n)))
+
+# A lock created by hand (not yet in git) is checked like the others; flower's constraint is the
+# checked-in light.lock (a stale light.lock fails its own diff).
 locks-check: $(IMAGES_VENV)/.images-installed
-	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp $(LOCKS) $$tmp/ && \
-	$(UV_COMPILE) worker/pyproject.toml -o $$tmp/light.lock && \
-	$(UV_COMPILE) worker/pyproject.toml --extra training -o $$tmp/training.lock && \
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	for f in $(LOCKS); do [ -f $$f ] || { echo "$$f is missing: run make locks" >&2; exit 1; }; done && \
+	cp $(LOCKS) $$tmp/ && \
+	$(foreach n,$(LOCK_NAMES),$(UV_COMPILE) $(LOCK_INPUTS_$(n)) -o $$tmp/$(n).lock && ) \
 	for f in $(LOCKS); do diff -u $$f $$tmp/$$(basename $$f) || { echo "$$f is not current: run make locks" >&2; exit 1; }; done
 	@echo "locks are current: $(LOCKS)"
 
@@ -109,13 +128,13 @@ $(WORKER_WHEEL): $(WORKER_SOURCES) | $(IMAGES_VENV)/.images-installed
 	rm -rf worker/build
 
 images: base-image wheelhouse $(WORKER_WHEEL)
-	cp $(LOCKS) images/entrypoint.sh $(IMAGES_CONTEXT)/
+	cp $(LOCKS) images/entrypoint.sh images/exporter/celery-exporter $(IMAGES_CONTEXT)/
 	DOCKER=$(DOCKER) images/build-images.sh $(IMAGES_CONTEXT) $(WHEELHOUSE) $(WHEELHOUSE_PORT) \
-	  $(BASE_IMAGE) $(IMAGE_TAG) $(IMAGE_QUEUES)
+	  $(BASE_IMAGE) $(IMAGE_TAG) $(IMAGES)
 
 images-clean:
 	rm -rf $(IMAGES_CACHE) $(WHEELHOUSE)
-	-$(DOCKER) rmi $(foreach q,$(IMAGE_QUEUES),imagineer/worker-$(q):$(IMAGE_TAG)) 2>/dev/null
+	-$(DOCKER) rmi $(foreach i,$(IMAGES),$(lastword $(subst =, ,$(i))):$(IMAGE_TAG)) 2>/dev/null
 
 # Included at the top of a Makefile, this file must not make its first target the default goal.
 .DEFAULT_GOAL := $(IMAGES_GOAL)

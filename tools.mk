@@ -4,7 +4,9 @@
 # `tools`. A fresh machine needs only Go, Python 3 and npm: Go tools come through the Go module
 # proxy, the schemas from PyPI, readme-generator from npm; nothing from GitHub or the web. Go's
 # module and build caches stay in their defaults (~/go/pkg/mod, ~/.cache/go-build): a cold machine
-# takes ~6 min (2 cores, nearly all compiling), a fresh clone on a warm machine ~40 s. Needs Go >= 1.26.
+# takes ~6 min (2 cores, nearly all compiling) plus ~8 min for promtool (16 CPU-minutes: Prometheus
+# links every service discovery and remote-storage SDK), a fresh clone on a warm machine ~1 min.
+# Needs Go >= 1.26.7 (Prometheus's go.mod).
 # Every target is a file: a second run is a no-op, and editing this file (or a pin under tools/)
 # rebuilds what depends on it.
 
@@ -25,6 +27,9 @@ KUBE_MINOR   := $(word 2,$(subst ., ,$(KUBE_VERSION)))
 # kubernetes-validate and PyYAML in tools/requirements.txt.
 HELM_VERSION        := v3.22.0
 KUBECONFORM_VERSION := v0.7.0
+# Prometheus's Go module is tagged v0.3xx.y for release 3.xx.y (promtool reports the latter). Its
+# go.mod has no replace directives, so a plain `go install …@version` builds promtool.
+PROMETHEUS_VERSION  := v0.316.0
 
 # Go may live outside PATH on a fresh machine; controller-gen also needs it on PATH (`go list`).
 ifeq ($(origin GO),undefined)
@@ -38,6 +43,7 @@ TOOLS_PYTHON ?= python3
 HELM             := $(TOOLS_ABS)/bin/helm
 KUBECONFORM      := $(TOOLS_ABS)/bin/kubeconform
 CONTROLLER_GEN   := $(TOOLS_ABS)/bin/controller-gen
+PROMTOOL         := $(TOOLS_ABS)/bin/promtool
 HELM_PLUGINS     := $(TOOLS_ABS)/helm-plugins
 HELM_UNITTEST    := $(HELM_PLUGINS)/unittest/untt
 README_GENERATOR := $(TOOLS_ABS)/node/node_modules/.bin/readme-generator
@@ -63,7 +69,7 @@ K8S_SCHEMAS := $(SCHEMAS_DIR)/v$(KUBE_VERSION)-local-strict/.done
 CRD_SCHEMAS := $(SCHEMAS_DIR)/crds/.done
 
 .PHONY: tools tools-versions clean-tools
-tools: $(HELM) $(HELM_UNITTEST) $(KUBECONFORM) $(K8S_SCHEMAS) $(CRD_SCHEMAS) $(README_GENERATOR)
+tools: $(HELM) $(HELM_UNITTEST) $(KUBECONFORM) $(PROMTOOL) $(K8S_SCHEMAS) $(CRD_SCHEMAS) $(README_GENERATOR)
 
 # A plain `go install` of helm v3 defaults to Kubernetes v1.20 capabilities (upstream's Makefile
 # sets them by ldflags): set them to KUBE_VERSION for `helm template`/`lint`, and the version
@@ -79,6 +85,18 @@ $(HELM): $(TOOLS_MK)
 $(KUBECONFORM): $(TOOLS_MK)
 	GOBIN=$(@D) $(TOOLS_GO) install -trimpath -ldflags "-s -w -X main.version=$(KUBECONFORM_VERSION)" \
 	  github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	touch $@
+
+# promtool checks and unit-tests the chart's PrometheusRule groups and the dashboard's PromQL.
+# Module v0.MMM.P is Prometheus 3.(MMM-300).P: that is the version `promtool --version` reports.
+# netgo as upstream's .promu.yml; builtinassets only matters for the server's web UI.
+$(PROMTOOL): $(TOOLS_MK)
+	v=$(PROMETHEUS_VERSION) && m=$${v#v0.} && m=$${m%%.*} && p=$${v##*.} && \
+	GOBIN=$(@D) $(TOOLS_GO) install -trimpath -tags netgo -ldflags "-s -w \
+	  -X github.com/prometheus/common/version.Version=3.$$((m - 300)).$$p \
+	  -X github.com/prometheus/common/version.Revision=$(PROMETHEUS_VERSION) \
+	  -X github.com/prometheus/common/version.Branch=HEAD" \
+	  github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
 	touch $@
 
 # helm-unittest's go.mod has a replace directive, so `go install …@version` refuses it: it is
@@ -131,6 +149,7 @@ tools-versions: tools
 	@$(HELM) version --short
 	@$(HELM) plugin list
 	@echo "kubeconform $$($(KUBECONFORM) -v)"
+	@$(PROMTOOL) --version | head -1
 	@$(CONTROLLER_GEN) --version
 	@echo "readme-generator $$($(README_GENERATOR) --version | cut -d" " -f2)"
 	@echo "schemas: $$(ls $(SCHEMAS_DIR) | tr '\n' ' ')"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build the worker images from a prepared context, with the wheels served from the host.
-#   images/build-images.sh CONTEXT WHEELHOUSE PORT BASE_IMAGE TAG QUEUE...
-# Called by `make images` (images.mk), which prepares CONTEXT (lock files + the worker wheel) and
-# WHEELHOUSE (every locked wheel) first.
+# Build the images from a prepared context, with the wheels served from the host.
+#   images/build-images.sh CONTEXT WHEELHOUSE PORT BASE_IMAGE TAG FOLDER=REPOSITORY...
+# e.g. `default=imagineer/worker-default exporter=imagineer/celery-exporter`: images/FOLDER/Dockerfile
+# is built as REPOSITORY:TAG, in the order given. Called by `make images` (images.mk, whose IMAGES
+# is that list), which prepares CONTEXT (lock files, entrypoint, exporter launcher, the worker
+# wheel) and WHEELHOUSE (every locked wheel) first.
 #
 # Why HTTP and not COPY: the training wheels are ~2.7 GB. Copied into the context they would be
 # sent to the daemon on every build and stored once more in the builder's layers; served by a
@@ -17,6 +19,13 @@ set -euo pipefail
 context=$1 wheelhouse=$2 port=$3 base=$4 tag=$5; shift 5
 DOCKER=${DOCKER:-docker}
 export DOCKER_BUILDKIT=0
+# Check every spec before building anything (the training build alone takes minutes).
+for spec in "$@"; do
+  case $spec in
+    ?*=?*) [ -f "images/${spec%%=*}/Dockerfile" ] || { echo "no images/${spec%%=*}/Dockerfile" >&2; exit 2; } ;;
+    *) echo "bad image spec '$spec': expected FOLDER=REPOSITORY" >&2; exit 2 ;;
+  esac
+done
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || revision="$revision-dirty"
 
@@ -31,12 +40,12 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-for queue in "$@"; do
-  image=imagineer/worker-$queue:$tag
+for spec in "$@"; do
+  folder=${spec%%=*} image=${spec#*=}:$tag
   echo "== $image"
   start=$(date +%s)
   # -q keeps the log short; a failed build still prints pip's error.
-  "$DOCKER" build -q --network host -f "images/$queue/Dockerfile" -t "$image" \
+  "$DOCKER" build -q --network host -f "images/$folder/Dockerfile" -t "$image" \
     --build-arg BASE_IMAGE="$base" --build-arg WHEELHOUSE_URL="http://127.0.0.1:$port/" \
     --build-arg VERSION="$tag" --build-arg REVISION="$revision" \
     "$context" >/dev/null
@@ -46,7 +55,8 @@ done
 base_size=$("$DOCKER" image inspect -f '{{.Size}}' "$base")
 printf '%-40s %10s %14s\n' IMAGE SIZE "OVER BASE"
 printf '%-40s %8d MB %12s\n' "$base" $((base_size / 1000000)) -
-for queue in "$@"; do
-  size=$("$DOCKER" image inspect -f '{{.Size}}' "imagineer/worker-$queue:$tag")
-  printf '%-40s %8d MB %9d MB\n' "imagineer/worker-$queue:$tag" $((size / 1000000)) $(((size - base_size) / 1000000))
+for spec in "$@"; do
+  image=${spec#*=}:$tag
+  size=$("$DOCKER" image inspect -f '{{.Size}}' "$image")
+  printf '%-40s %8d MB %9d MB\n' "$image" $((size / 1000000)) $(((size - base_size) / 1000000))
 done

@@ -94,3 +94,20 @@ def container(obj: dict[str, Any], index: int = 0) -> dict[str, Any]:
 
 def env_of(obj: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(obj)["env"]}
+
+
+# Deployments that are not worker groups, by their app.kubernetes.io/component label.
+SERVICE_COMPONENTS = {"beat", "exporter", "flower"}
+
+
+def worker_groups(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The worker groups' Deployments by group name (their component label)."""
+    deployments = (o for o in objects if o["kind"] == "Deployment")
+    return {c: o for o in deployments
+            if (c := o["metadata"]["labels"]["app.kubernetes.io/component"]) not in SERVICE_COMPONENTS}
+
+
+def celery_app_deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deployments running the workers' Celery app (workers, beat, Flower): not the exporter."""
+    return {n: d for n, d in by_kind(objects, "Deployment").items()
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] != "exporter"}

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from imagineer_worker.config import load_settings
 
-from tests.chart.helm import by_kind, container, env_of, render_chart
+from tests.chart.helm import by_kind, celery_app_deployments, container, env_of, render_chart
 
 URL_WITH_PASSWORD = "redis://:s3cr3t-pass@redis.internal:6379/0"
 
@@ -26,7 +26,7 @@ def test_beat_is_one_recreated_pod_with_the_same_app():
 
 
 def test_every_container_gets_the_guides_variables_with_their_defaults():
-    for d in by_kind(render_chart(), "Deployment").values():
+    for d in celery_app_deployments(render_chart()).values():
         env = env_of(d)
         assert env["IMAGINEER_MAINTENANCE_QUEUE"] == "default"
         assert env["IMAGINEER_PURGE_TRAINING_HOUR"] == "3"
@@ -85,7 +85,7 @@ def test_the_worker_accepts_the_rendered_config_and_env(values_file, tmp_path):
     objects = render_chart(values_file=None if values_file == "default" else values_file)
     configmap = by_kind(objects, "ConfigMap")["release-imagineer-workers"]
     (tmp_path / "config.yaml").write_text(configmap["data"]["config.yaml"])
-    for deployment in by_kind(objects, "Deployment").values():
+    for deployment in celery_app_deployments(objects).values():
         env = {k: v for k, v in env_of(deployment).items() if isinstance(v, str)}
         env["IMAGINEER_CONFIG"] = str(tmp_path / "config.yaml")
         env.pop("IMAGINEER_REDIS_CA_CERT", None)  # a mounted Secret in the pod
@@ -97,7 +97,7 @@ def test_the_worker_accepts_the_rendered_config_and_env(values_file, tmp_path):
 
 def _checksums(values):
     return {name: d["spec"]["template"]["metadata"]["annotations"]
-            for name, d in by_kind(render_chart(values), "Deployment").items()}
+            for name, d in celery_app_deployments(render_chart(values)).items()}
 
 
 def test_config_and_secret_changes_roll_the_pods():

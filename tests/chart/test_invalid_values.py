@@ -45,6 +45,22 @@ INVALID = [
     ({"workers": {"default": {"extraEnv": [{"value": "x"}]}}}, "workers.default.extraEnv.0"),
     ({"persistence": {"mountPath": "data"}}, "persistence.mountPath"),
     ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
+    # monitoring and Flower
+    ({"flower": {"enabled": True}}, "flower.basicAuth.username and flower.basicAuth.password"),
+    ({"flower": {"enabled": True, "basicAuth": {"username": "ops"}}}, "flower.basicAuth.password"),
+    ({"flower": {"basicAuth": {"username": "a:b"}}}, "flower.basicAuth.username"),
+    ({"monitoring": {"serviceMonitor": {"enabled": True}}, "exporter": {"enabled": False}},
+     "monitoring.serviceMonitor.enabled needs exporter.enabled"),
+    ({"monitoring": {"prometheusRule": {"queueLength": {"for": "15 minutes"}}}},
+     "monitoring.prometheusRule.queueLength.for"),
+    ({"monitoring": {"prometheusRule": {"taskFailures": {"ratio": 5}}}},
+     "monitoring.prometheusRule.taskFailures.ratio"),
+    ({"monitoring": {"prometheusRule": {"trainingIdle": {"campaigns": [{"name": "q1", "start": "next monday"}]}}}},
+     "monitoring.prometheusRule.trainingIdle.campaigns.0.start"),
+    ({"monitoring": {"prometheusRule": {"trainingIdle": {"campaigns": [{"start": "2027-01-04T00:00:00Z"}]}}}},
+     "monitoring.prometheusRule.trainingIdle.campaigns.0"),
+    ({"exporter": {"port": 0}}, "exporter.port"),
+    ({"exporter": {"extraQueues": ["bad queue"]}}, "exporter.extraQueues.0"),
 ]
 
 

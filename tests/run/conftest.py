@@ -1,9 +1,11 @@
 """Fixtures: a real ``redis-server`` on loopback, the chart rendered for it, its pods as containers.
 
-``fleet(values_file, values)`` renders the chart (real helm + kubeconform, ``tests/chart/helm.py``)
-with the Secret pointing at a fresh loopback Redis, starts one container per rendered Deployment
-(``pods.plan``) and waits for each worker's own startup probe, as the kubelet would. Every
-container is removed at teardown, whatever the test did to it.
+``fleet_factory(values_file, values)`` renders the chart (real helm + kubeconform,
+``tests/chart/helm.py``) with the Secret pointing at a fresh loopback Redis and starts one container
+per rendered Deployment (``pods.plan``) except the exporter, or exactly the given ``components``
+(the exporter too when named). Tests then wait for each pod's own startup or readiness probe
+(``Fleet.wait_ready``: exec or httpGet), as the kubelet would. Every container is removed at
+teardown, whatever the test did to it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from imagineer_worker.testing.fixture_site import FixtureSite
 from imagineer_worker.testing.services import RedisServer
 
 from tests.chart.helm import render_chart
-from tests.run.fleet import APP_VERSION, POD_UID, Fleet, docker
+from tests.run.fleet import APP_VERSION, POD_UID, STARTED_ON_REQUEST, Fleet, docker
 from tests.run.pods import plan
 
 FLEETS: list[tuple[str, Fleet]] = []  # for the start-up times in the terminal summary
@@ -51,9 +53,10 @@ def _docker_and_images() -> None:
     """The suite needs the engine and the images from ``make images``; say so instead of erroring."""
     if shutil.which("docker") is None or docker("info", timeout=30).returncode != 0:
         pytest.fail("no Docker engine answers: `make docker-engine` starts one", pytrace=False)
-    for queue in ("default", "scraping", "labeling", "training"):
-        if docker("image", "inspect", f"imagineer/worker-{queue}:{APP_VERSION}").returncode != 0:
-            pytest.fail(f"image imagineer/worker-{queue}:{APP_VERSION} is missing: run `make images`", pytrace=False)
+    images = [f"imagineer/worker-{queue}" for queue in ("default", "scraping", "labeling", "training")]
+    for image in (*images, "imagineer/celery-exporter", "imagineer/flower"):
+        if docker("image", "inspect", f"{image}:{APP_VERSION}").returncode != 0:
+            pytest.fail(f"image {image}:{APP_VERSION} is missing: run `make images`", pytrace=False)
 
 
 @pytest.fixture(scope="class")
@@ -70,7 +73,11 @@ def fleet_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
     servers: list[RedisServer] = []
 
     def launch(values_file: str, values: dict[str, Any], *,
-               prepare: Callable[[Path], None] | None = None) -> Fleet:
+               prepare: Callable[[Path], None] | None = None,
+               components: Collection[str] | None = None) -> Fleet:
+        """``components``: start only these rendered Deployments (by ``app.kubernetes.io/component``),
+        e.g. the exporter and one worker while the other groups stay rendered (their queues in the
+        exporter's ``--queues``) but unconsumed; default: every Deployment but ``STARTED_ON_REQUEST``."""
         workdir = tmp_path_factory.mktemp(f"run-{values_file}")
         redis = RedisServer(workdir / "redis").start()
         servers.append(redis)
@@ -84,11 +91,15 @@ def fleet_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         data_dir.chmod(0o2775)
         fleet = Fleet(redis=redis, objects=objects, data_dir=data_dir)
         FLEETS.append((values_file, fleet))
+        deployments = {obj["metadata"]["labels"]["app.kubernetes.io/component"]: obj
+                       for obj in objects if obj["kind"] == "Deployment"}
+        missing = set(components or ()) - set(deployments)
+        assert not missing, f"the rendering has no Deployment for {sorted(missing)}: {sorted(deployments)}"
         run_id = uuid.uuid4().hex[:6]
-        for obj in objects:
-            if obj["kind"] != "Deployment":
+        for component, obj in deployments.items():
+            if component not in (components if components is not None else
+                                 set(deployments) - STARTED_ON_REQUEST):
                 continue
-            component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
             name = f"imr-{run_id}-{component}"
             pod = plan(obj, objects, name=name, workdir=workdir / component, data_dir=data_dir)
             started.append(name)

@@ -3,8 +3,9 @@
 The render-and-run tests execute what the chart renders, not a hand-written copy of it: the
 image, ``command`` (as ``--entrypoint``) and ``args``, every ``env`` entry (``secretKeyRef`` and
 ``configMapKeyRef`` resolved from the rendered Secret/ConfigMap), the pod and container
-``securityContext``, ``resources.limits`` and the volumes. What Docker cannot express raises
-``UnsupportedFieldError`` instead of being silently dropped, so a new field in the chart fails here first.
+``securityContext``, ``resources.limits``, the volumes, the container ``ports`` and the probes.
+What Docker cannot express raises ``UnsupportedFieldError`` instead of being silently dropped, so a
+new field in the chart fails here first.
 
 Mapping (Kubernetes → Docker):
 
@@ -21,7 +22,16 @@ Mapping (Kubernetes → Docker):
 - ``terminationGracePeriodSeconds`` → ``--stop-timeout`` so ``docker stop`` waits as the kubelet does;
 - the pod's hostname (the pod name in Kubernetes) → ``--hostname`` = the container name, so a
   ``--hostname=default@%h`` worker is ``default@<container name>``;
-- networking: ``--network host``, so the containers reach Redis and the fixture site on 127.0.0.1.
+- networking: ``--network host``, so the containers reach Redis and the fixture site on 127.0.0.1;
+  a ``containerPort`` is therefore a port on this machine's loopback (``hostPort``/``hostIP``
+  other than that are refused);
+- ``$(VAR)`` references in ``command``, ``args`` and ``env[].value`` are expanded as the kubelet
+  does (``expand``): from the container's environment (for an ``env`` value, from the variables
+  defined before it), ``$$`` is a literal ``$``, an undefined reference stays as written;
+- probes: ``exec`` probes are kept as the command (``ContainerPlan.probes``, run with
+  ``docker exec``); ``httpGet`` probes as ``HttpGetProbe`` (``ContainerPlan.http_probes``, a named
+  port resolved from ``ports``), which the harness GETs from the host on 127.0.0.1, as the kubelet
+  GETs the pod IP. ``tcpSocket``/``grpc`` probes and an ``httpGet.host`` raise.
 
 Scheduling fields (replicas, nodeSelector, tolerations, affinity, topology spread, priority class)
 have no meaning for one container and are ignored.
@@ -45,6 +55,21 @@ class UnsupportedFieldError(Exception):
     """A rendered field this harness cannot turn into a ``docker run`` option."""
 
 
+@dataclass(frozen=True)
+class HttpGetProbe:
+    """A rendered ``httpGet`` probe, its port resolved to a number (on 127.0.0.1 here)."""
+
+    path: str
+    port: int
+    scheme: str = "HTTP"
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout_seconds: int = 1  # the kubelet's default timeoutSeconds
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme.lower()}://127.0.0.1:{self.port}{self.path}"
+
+
 @dataclass
 class ContainerPlan:
     """One container of a rendered Deployment, ready to ``docker run``."""
@@ -52,12 +77,14 @@ class ContainerPlan:
     deployment: str
     name: str  # docker --name and --hostname (the pod name in Kubernetes)
     image: str
-    command: list[str]
+    command: list[str]  # as the container runs them: $(VAR) references expanded
     args: list[str]
     env: dict[str, str]
     probes: dict[str, list[str]]  # "startup"/"liveness"/"readiness" → the exec command
     run_args: list[str]  # the whole `docker run -d ...` argv
     skipped: list[str] = field(default_factory=list)
+    http_probes: dict[str, HttpGetProbe] = field(default_factory=dict)  # httpGet probes by kind
+    ports: dict[str, int] = field(default_factory=dict)  # container port name → port number
 
 
 def bytes_of(quantity: str | int) -> int:
@@ -72,6 +99,39 @@ def cpus_of(quantity: str | int) -> float:
     """``250m`` → 0.25, ``"2"`` → 2.0 (Kubernetes CPU quantity to Docker ``--cpus``)."""
     text = str(quantity)
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion (``third_party/forked/golang/expansion``), byte for byte.
+
+    ``$(NAME)`` becomes ``env[NAME]`` when defined and stays ``$(NAME)`` otherwise; ``$$`` is one
+    literal ``$`` (so ``$$(NAME)`` is the text ``$(NAME)``); a ``$`` before anything else, an
+    unclosed ``$(`` and a trailing ``$`` are kept as written.
+    """
+    out: list[str] = []
+    checkpoint, cursor = 0, 0
+    while cursor < len(text):
+        if text[cursor] == "$" and cursor + 1 < len(text):
+            out.append(text[checkpoint:cursor])
+            nxt = text[cursor + 1]
+            if nxt == "$":  # escaped operator
+                out.append("$")
+                cursor += 1
+            elif nxt == "(":
+                close = text.find(")", cursor + 2)
+                if close == -1:  # incomplete reference: kept, scanning goes on after "$("
+                    out.append("$(")
+                    cursor += 1
+                else:
+                    name = text[cursor + 2:close]
+                    out.append(env.get(name, f"$({name})"))
+                    cursor = close
+            else:  # "$x": not a reference, both characters kept
+                out.append("$" + nxt)
+                cursor += 1
+            checkpoint = cursor + 1
+        cursor += 1
+    return "".join(out) + text[checkpoint:]
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -96,8 +156,8 @@ def _env(container: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, 
         kind = "Secret" if "secretRef" in source else "ConfigMap"
         env.update({source.get("prefix", "") + k: v for k, v in _data(find(objects, kind, ref["name"])).items()})
     for entry in container.get("env") or []:
-        if "value" in entry:
-            env[entry["name"]] = str(entry["value"])
+        if "value" in entry:  # the kubelet expands $(VAR) from the variables defined so far
+            env[entry["name"]] = expand(str(entry["value"]), env)
             continue
         ref_from = entry.get("valueFrom") or {}
         for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
@@ -110,13 +170,44 @@ def _env(container: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, 
     return env
 
 
-def _probe(container: dict[str, Any], kind: str) -> list[str] | None:
+_PROBE_TIMING = {"initialDelaySeconds", "periodSeconds", "timeoutSeconds", "successThreshold",
+                 "failureThreshold", "terminationGracePeriodSeconds"}
+
+
+def _ports(container: dict[str, Any]) -> dict[str, int]:
+    """Named container ports; on the host network a port can only be itself on the host."""
+    ports: dict[str, int] = {}
+    for port in container.get("ports") or []:
+        number = int(port["containerPort"])
+        if port.get("hostIP") or port.get("hostPort") not in (None, number):
+            raise UnsupportedFieldError(f"port {port}: hostPort/hostIP other than the containerPort")
+        if "name" in port:
+            ports[port["name"]] = number
+    return ports
+
+
+def _probe(container: dict[str, Any], kind: str, ports: dict[str, int]) -> list[str] | HttpGetProbe | None:
+    """An exec probe's command or an ``HttpGetProbe``; any other handler (or field) raises."""
     probe = container.get(f"{kind}Probe")
     if probe is None:
         return None
-    if "exec" not in probe:
-        raise UnsupportedFieldError(f"{kind}Probe without exec: {probe}")
-    return [str(a) for a in probe["exec"]["command"]]
+    handlers = set(probe) - _PROBE_TIMING
+    if handlers == {"exec"}:
+        return [str(a) for a in probe["exec"]["command"]]
+    if handlers != {"httpGet"}:
+        raise UnsupportedFieldError(f"{kind}Probe: only exec or httpGet probes ({sorted(handlers)})")
+    get = probe["httpGet"]
+    unknown = set(get) - {"path", "port", "scheme", "httpHeaders"}
+    if unknown:  # e.g. host: the kubelet would GET another address than the pod's
+        raise UnsupportedFieldError(f"{kind}Probe.httpGet.{sorted(unknown)}")
+    port = get["port"]
+    if isinstance(port, str):  # IntOrString: a string is a port name
+        if port not in ports:
+            raise UnsupportedFieldError(f"{kind}Probe.httpGet.port {port!r} names no container port")
+        port = ports[port]
+    headers = tuple((h["name"], h["value"]) for h in get.get("httpHeaders") or [])
+    return HttpGetProbe(path=get.get("path") or "/", port=int(port), scheme=get.get("scheme", "HTTP"),
+                        headers=headers, timeout_seconds=int(probe.get("timeoutSeconds", 1)))
 
 
 def _write_keys(obj: dict[str, Any], target: Path, items: list[dict[str, str]] | None) -> None:
@@ -204,12 +295,22 @@ def plan(deployment: dict[str, Any], objects: list[dict[str, Any]], *, name: str
     for key, value in env.items():
         run += ["-e", f"{key}={value}"]
 
-    command = [str(c) for c in container.get("command") or []]
-    args = [str(a) for a in container.get("args") or []]
+    # The kubelet expands $(VAR) in command and args from the container's whole environment.
+    command = [expand(str(c), env) for c in container.get("command") or []]
+    args = [expand(str(a), env) for a in container.get("args") or []]
     if command:
         run += ["--entrypoint", command[0]]
     run.append(container["image"])
     run += [*command[1:], *args]
-    probes = {k: p for k in ("startup", "liveness", "readiness") if (p := _probe(container, k)) is not None}
+    ports = _ports(container)
+    probes: dict[str, list[str]] = {}
+    http_probes: dict[str, HttpGetProbe] = {}
+    for kind in ("startup", "liveness", "readiness"):
+        probe = _probe(container, kind, ports)
+        if isinstance(probe, HttpGetProbe):
+            http_probes[kind] = probe
+        elif probe is not None:
+            probes[kind] = probe
     return ContainerPlan(deployment=deployment["metadata"]["name"], name=name, image=container["image"],
-                         command=command, args=args, env=env, probes=probes, run_args=run, skipped=skipped)
+                         command=command, args=args, env=env, probes=probes, run_args=run, skipped=skipped,
+                         http_probes=http_probes, ports=ports)

@@ -270,3 +270,66 @@ checksum/config: {{ toYaml .Values.config.file | sha256sum }}
 {{- end }}
 checksum/secret: {{ toYaml .Values.broker | sha256sum }}
 {{- end -}}
+
+{{/* ---------------------------------------------------------------- exporter, monitoring, flower */}}
+
+{{/* The queues the exporter reports: every queue an enabled group consumes plus exporter.extraQueues. */}}
+{{- define "imagineer.exporterQueues" -}}
+{{- toYaml (concat (include "imagineer.consumedQueues" . | fromYamlArray) .Values.exporter.extraQueues | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/* Scheduling and identity shared by the single-replica pods (exporter, flower); call with (dict "root" $ "values" .Values.exporter). */}}
+{{- define "imagineer.podBasics" -}}
+serviceAccountName: {{ include "imagineer.serviceAccountName" .root }}
+automountServiceAccountToken: false
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "imagineer.flowerSecretName" -}}
+{{- default (printf "%s-flower" (include "imagineer.fullname" .)) .Values.flower.basicAuth.existingSecret -}}
+{{- end -}}
+
+{{- define "imagineer.validateFlower" -}}
+{{- $auth := .Values.flower.basicAuth -}}
+{{- if and .Values.flower.enabled (not $auth.existingSecret) (or (not $auth.username) (not $auth.password)) -}}
+{{- fail "flower.basicAuth.username and flower.basicAuth.password (or flower.basicAuth.existingSecret) are required when flower.enabled is true: Flower can revoke and rate-limit tasks, it never runs without authentication" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+PromQL, per series: how much counter .metric{.selector} counted within .window, robust to the
+exporter's restarts and purges: the increase of a series that existed when the window began, the
+whole value of a series born inside it (a new series' first count is invisible to increase()).
+Wrap it in sum/sum by. Call with (dict "metric" "celery_task_succeeded_total" "selector" `name="x"` "window" "12h").
+*/}}
+{{- define "imagineer.promql.runs" -}}
+{{- $s := ternary (printf "%s{%s}" .metric .selector) .metric (ne .selector "") -}}
+increase({{ $s }}[{{ .window }}]) and {{ $s }} offset {{ .window }} or last_over_time({{ $s }}[{{ .window }}]) unless {{ $s }} offset {{ .window }}
+{{- end -}}
+
+{{/*
+PromQL: no count within .window, or no series at all for the whole window (beat never ran, the
+exporter restarted and saw nothing since). Neither branch has labels: one alert identity either way.
+*/}}
+{{- define "imagineer.promql.noRunWithin" -}}
+sum({{ include "imagineer.promql.runs" . }}) < 1
+or
+max(absent_over_time({{ .metric }}{ {{- .selector -}} }[{{ .window }}]))
+{{- end -}}

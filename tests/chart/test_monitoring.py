@@ -1,0 +1,73 @@
+"""The exporter, the Prometheus Operator objects, the dashboard and Flower as the values files render them."""
+
+from __future__ import annotations
+
+import json
+
+from tests.chart.helm import REPO, by_kind, container, render_chart
+
+PREFIX = "release-imagineer-workers"
+ALERTS = ["ImagineerQueueBacklog", "ImagineerTrainingIdle", "ImagineerBeatMissedRun",
+          "ImagineerQueueWithoutWorkers", "ImagineerTaskFailureRate"]
+
+
+def test_prod_renders_exporter_service_monitor_rules_and_dashboard():
+    objects = render_chart(values_file="prod")
+    exporter = by_kind(objects, "Deployment")[f"{PREFIX}-exporter"]
+    args = container(exporter)["args"]
+    assert "--queues=default,labeling,scraping,training" in args
+    assert "--broker-ssl-option=ssl_ca_certs=/etc/imagineer/redis-ca/ca.crt" in args
+    assert container(exporter)["image"] == "registry.imagineer.internal/imagineer/celery-exporter:0.1.0"
+    service = by_kind(objects, "Service")[f"{PREFIX}-exporter"]
+    monitor = by_kind(objects, "ServiceMonitor")[f"{PREFIX}-exporter"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+    rule = by_kind(objects, "PrometheusRule")[PREFIX]
+    groups = rule["spec"]["groups"]
+    assert [r["alert"] for g in groups for r in g["rules"] if "alert" in r] == ALERTS
+    for group in groups:
+        for alert in (r for r in group["rules"] if "alert" in r):
+            assert alert["labels"]["severity"] and alert["labels"]["queue"], alert["alert"]
+            assert alert["labels"]["team"] == "imagineer-backend"
+            assert {"summary", "description", "runbook_url"} <= alert["annotations"].keys()
+            assert alert["annotations"]["runbook_url"].endswith(f"#{alert['alert'].lower()}")
+
+    dashboard = by_kind(objects, "ConfigMap")[f"{PREFIX}-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["imagineer-workers.json"])["panels"]
+
+
+def test_every_runbook_anchor_exists_in_the_readme_troubleshooting_section():
+    readme = (REPO / "README.md").read_text()
+    troubleshooting = readme[readme.index("## Troubleshooting"):]
+    for alert in ALERTS:
+        assert f"### {alert}" in troubleshooting, alert
+
+
+def test_staging_has_flower_from_an_existing_secret_and_no_alerts():
+    objects = render_chart(values_file="staging")
+    assert not by_kind(objects, "PrometheusRule")
+    flower = by_kind(objects, "Deployment")[f"{PREFIX}-flower"]
+    auth = next(e for e in container(flower)["env"] if e["name"] == "FLOWER_BASIC_AUTH")
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": "imagineer-flower-auth", "key": "basic-auth"}
+    assert f"{PREFIX}-flower" in by_kind(objects, "Service")
+    assert f"{PREFIX}-flower" not in by_kind(objects, "Secret")
+
+
+def test_flower_with_credentials_renders_deployment_service_secret_and_ingress():
+    objects = render_chart({"flower": {"enabled": True, "basicAuth": {"username": "ops", "password": "pw"},
+                                       "ingress": {"enabled": True, "host": "flower.imagineer.internal"}}},
+                           values_file="prod")
+    assert f"{PREFIX}-flower" in by_kind(objects, "Deployment")
+    assert by_kind(objects, "Service")[f"{PREFIX}-flower"]["spec"]["ports"][0]["port"] == 5555
+    assert f"{PREFIX}-flower" in by_kind(objects, "Secret")
+    ingress = by_kind(objects, "Ingress")[f"{PREFIX}-flower"]
+    assert ingress["spec"]["rules"][0]["host"] == "flower.imagineer.internal"
+
+
+def test_exporter_queue_list_follows_the_enabled_groups():
+    objects = render_chart(values_file="staging")
+    args = container(by_kind(objects, "Deployment")[f"{PREFIX}-exporter"])["args"]
+    assert "--queues=default,labeling,scraping" in args
