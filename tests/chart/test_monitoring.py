@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.chart.helm import REPO, by_kind, container, render_chart
+from tests.chart.helm import REPO, by_kind, container, render_chart, worker_groups
 
 PREFIX = "release-imagineer-workers"
 ALERTS = ["ImagineerQueueBacklog", "ImagineerTrainingIdle", "ImagineerBeatMissedRun",
@@ -33,6 +33,9 @@ def test_prod_renders_exporter_service_monitor_rules_and_dashboard():
             assert alert["labels"]["team"] == "imagineer-backend"
             assert {"summary", "description", "runbook_url"} <= alert["annotations"].keys()
             assert alert["annotations"]["runbook_url"].endswith(f"#{alert['alert'].lower()}")
+
+    for group in worker_groups(objects).values():  # the exporter lives on the workers' heartbeats
+        assert "--without-heartbeat" not in container(group)["args"]
 
     dashboard = by_kind(objects, "ConfigMap")[f"{PREFIX}-dashboard"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
