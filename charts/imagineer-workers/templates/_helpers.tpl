@@ -167,6 +167,15 @@ Call with (dict "root" $ "name" $name "group" $group).
 {{- toYaml ($queues | uniq | sortAlpha) -}}
 {{- end -}}
 
+{{/* Where broker.caSecret is mounted, and the CA bundle in it (workers, beat, Flower, exporter). */}}
+{{- define "imagineer.redisCaDir" -}}
+/etc/imagineer/redis-ca
+{{- end -}}
+
+{{- define "imagineer.redisCaFile" -}}
+{{ include "imagineer.redisCaDir" . }}/{{ .Values.broker.caSecretKey }}
+{{- end -}}
+
 {{/* The environment every worker and beat container shares: the guide's variables, one source. */}}
 {{- define "imagineer.env" -}}
 - name: CELERY_BROKER_URL
@@ -205,7 +214,7 @@ Call with (dict "root" $ "name" $name "group" $group).
   value: /tmp/imagineer-health
 {{- if .Values.broker.caSecret }}
 - name: IMAGINEER_REDIS_CA_CERT
-  value: /etc/imagineer/redis-ca/{{ .Values.broker.caSecretKey }}
+  value: {{ include "imagineer.redisCaFile" . }}
 {{- end }}
 {{- with .Values.broker.sentinelMaster }}
 - name: IMAGINEER_REDIS_SENTINEL_MASTER
@@ -228,7 +237,7 @@ Call with (dict "root" $ "name" $name "group" $group).
 {{- end }}
 {{- if .Values.broker.caSecret }}
 - name: redis-ca
-  mountPath: /etc/imagineer/redis-ca
+  mountPath: {{ include "imagineer.redisCaDir" . }}
   readOnly: true
 {{- end }}
 {{- end }}
@@ -278,7 +287,7 @@ checksum/secret: {{ toYaml .Values.broker | sha256sum }}
 {{- toYaml (concat (include "imagineer.consumedQueues" . | fromYamlArray) .Values.exporter.extraQueues | uniq | sortAlpha) -}}
 {{- end -}}
 
-{{/* Scheduling and identity shared by the single-replica pods (exporter, flower); call with (dict "root" $ "values" .Values.exporter). */}}
+{{/* Identity, security and scheduling every pod shares; call with (dict "root" $ "values" <the component's values>). */}}
 {{- define "imagineer.podBasics" -}}
 serviceAccountName: {{ include "imagineer.serviceAccountName" .root }}
 automountServiceAccountToken: false
@@ -299,6 +308,13 @@ tolerations:
 {{- with .values.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
 {{- end }}
 {{- end -}}
 
