@@ -8,7 +8,9 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 STAMP        := $(VENV)/.installed
-APT_PACKAGES := redis-server openssl docker.io debootstrap chromium
+APT_PACKAGES := redis-server openssl docker.io debootstrap
+# Only for run-test: Flower is checked in a real headless browser.
+RUN_TEST_APT_PACKAGES := chromium
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS  ?=
 
@@ -16,7 +18,7 @@ CHART        := charts/imagineer-workers
 VALUES_FILES := values-staging.yaml values-prod.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: setup system-packages demo test lint worker-test chart-test chart-readme run-test run-test-clean clean help
+.PHONY: setup system-packages run-test-packages demo test lint worker-test chart-test chart-readme run-test run-test-clean clean help
 
 help:
 	@echo "make setup   install Debian packages (redis-server, openssl) and the venv (.venv, with torch)"
@@ -34,12 +36,20 @@ include images.mk
 
 setup: system-packages $(STAMP)
 
+# Installs the Debian packages in $(1) that are missing.
+define apt_install
+@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then \
+  echo "installing Debian packages:$$missing"; \
+  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+fi
+endef
+
 system-packages:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	$(call apt_install,$(APT_PACKAGES))
+
+run-test-packages: system-packages
+	$(call apt_install,$(RUN_TEST_APT_PACKAGES))
 
 # pip's cache keeps the ~3 GB of torch wheels: a second venv on the same machine installs offline-fast.
 $(STAMP): worker/pyproject.toml
@@ -82,7 +92,7 @@ chart-test: tools $(STAMP)
 	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) PROMTOOL=$(PROMTOOL) $(VENV)/bin/pytest tests/chart)
 
 # The chart's pod specs executed: each rendered Deployment as a container from the built images.
-run-test: system-packages images tools $(STAMP)
+run-test: run-test-packages images tools $(STAMP)
 	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) $(VENV)/bin/pytest tests/run $(PYTEST_ARGS))
 
 run-test-clean:  # containers left behind by a killed run
