@@ -44,9 +44,13 @@ def test_soft_limit_raises_in_task_and_hard_limit_kills_child_but_worker_survive
 
 def test_worker_logs_the_concurrency_decision_as_json(workers):
     w = workers("default", concurrency=64)
-    decisions = [e for e in _json_lines(w.log()) if e.get("operation") == "concurrency"]
-    assert decisions, w.log()[-2000:]
-    entry = decisions[0]
+
+    def decisions() -> list[dict]:
+        return [e for e in _json_lines(w.log()) if e.get("operation") == "concurrency"]
+
+    # logged by the worker_ready signal, which may come a moment after the ready file
+    wait_for(decisions, 10, "the concurrency decision in the worker's log")
+    entry = decisions()[0]
     assert entry["configured"] == 64
     assert entry["effective"] == min(64, entry["vcpus"]) < 64
     for key in ("timestamp", "level", "logger", "message", "hostname"):
