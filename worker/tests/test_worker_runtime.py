@@ -9,7 +9,7 @@ import pytest
 from celery.result import AsyncResult
 
 from imagineer_worker import health
-from imagineer_worker.testing.services import RedisServer, wait_for
+from imagineer_worker.testing.services import CeleryProcess, RedisServer, wait_for
 
 SLOW = ["--include=tests.support.slow_tasks"]
 
@@ -22,6 +22,17 @@ def _json_lines(text: str) -> list[dict]:
         except ValueError:
             continue
     return out
+
+
+def _decisions(w: CeleryProcess) -> list[dict]:
+    """The worker's concurrency decision, logged by the worker_ready signal (the event loop runs)."""
+    return [e for e in _json_lines(w.log()) if e.get("operation") == "concurrency"]
+
+
+def _wait_started(w: CeleryProcess) -> list[dict]:
+    """worker_ready may come a moment after the ready file (written when the consumer starts)."""
+    wait_for(lambda: _decisions(w), 10, "the worker_ready log line")
+    return _decisions(w)
 
 
 def test_soft_limit_raises_in_task_and_hard_limit_kills_child_but_worker_survives(workers, celery_app):
@@ -43,14 +54,7 @@ def test_soft_limit_raises_in_task_and_hard_limit_kills_child_but_worker_survive
 
 
 def test_worker_logs_the_concurrency_decision_as_json(workers):
-    w = workers("default", concurrency=64)
-
-    def decisions() -> list[dict]:
-        return [e for e in _json_lines(w.log()) if e.get("operation") == "concurrency"]
-
-    # logged by the worker_ready signal, which may come a moment after the ready file
-    wait_for(decisions, 10, "the concurrency decision in the worker's log")
-    entry = decisions()[0]
+    entry = _wait_started(workers("default", concurrency=64))[0]
     assert entry["configured"] == 64
     assert entry["effective"] == min(64, entry["vcpus"]) < 64
     for key in ("timestamp", "level", "logger", "message", "hostname"):
@@ -71,6 +75,7 @@ def test_a_broker_outage_fails_readiness_but_not_liveness(workers, tmp_path):
     """Restarting every pod would not bring Redis back: only readiness reflects the outage."""
     redis = RedisServer(tmp_path / "redis").start()
     w = workers("default", env={"CELERY_BROKER_URL": redis.url, "CELERY_RESULT_BACKEND": redis.url})
+    _wait_started(w)  # an outage while the consumer is still starting is retried inside a step
     redis.stop()
     wait_for(lambda: not health.check("readiness", w.health_dir)[0], 30, "readiness to fail")
     time.sleep(1.5)
