@@ -1,4 +1,4 @@
-# imagineer-workers — the interface: setup · demo · test · lint · chart-test
+# imagineer-workers — the interface: setup · demo · test · lint · images · chart-test · cluster · smoke
 # Everything a fresh machine needs is installed from here (Debian packages, a venv, the pinned
 # chart tools in .tools/ from tools.mk), nothing by hand.
 
@@ -8,7 +8,8 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 STAMP        := $(VENV)/.installed
-APT_PACKAGES := redis-server openssl docker.io debootstrap
+# Debian's docker.io only where no Docker engine is installed (a runner with docker-ce keeps it).
+APT_PACKAGES := redis-server openssl debootstrap $(if $(shell command -v dockerd),,docker.io)
 # Only for run-test: Flower is checked in a real headless browser.
 RUN_TEST_APT_PACKAGES := chromium
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -30,9 +31,14 @@ help:
 	@echo "make tools   the pinned chart toolchain in .tools/ (helm, helm-unittest, kubeconform, schemas)"
 	@echo "make images  the per-queue worker images (local debootstrap base, offline builds); see images/README.md"
 	@echo "make locks   regenerate the images' hashed lock files after a dependency change"
+	@echo "make kind-node-image  the kind node image, built offline (cluster/README.md)"
+	@echo "make cluster / cluster-delete  a two-node kind cluster for the chart"
+	@echo "make smoke   the chart on that cluster: install, tasks through pods, scale, upgrade to prod, rollback"
+	@echo "make cluster-demo  cluster + install + the demo pipeline through the pods, left running"
 
 include tools.mk
 include images.mk
+include cluster/cluster.mk
 
 setup: system-packages $(STAMP)
 
@@ -98,7 +104,8 @@ run-test: run-test-packages images tools $(STAMP)
 run-test-clean:  # containers left behind by a killed run
 	-docker rm -f $$(docker ps -aq --filter label=imagineer-run-test) 2>/dev/null
 
-test: lint locks-check worker-test chart-test run-test
+# The chart on a real cluster last: kind from the offline node image (cluster/README.md).
+test: lint locks-check worker-test chart-test run-test smoke
 
 clean:
 	rm -rf .demo worker/.pytest_cache

@@ -67,15 +67,7 @@ WHEEL_PLATFORMS := $(foreach v,17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 3
 .PHONY: images base-image wheelhouse locks locks-check docker-engine images-clean
 
 docker-engine:
-	@if $(DOCKER) info >/dev/null 2>&1; then exit 0; fi; \
-	if ! command -v dockerd >/dev/null; then \
-	  echo "no Docker engine: install Debian's docker.io (apt-get install docker.io)" >&2; exit 1; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "the Docker engine is not running and starting dockerd needs root: start it (or the docker service) as root" >&2; exit 1; fi; \
-	echo "starting dockerd (log: /tmp/dockerd.log)"; \
-	nohup dockerd >/tmp/dockerd.log 2>&1 & \
-	for i in $$(seq 60); do $(DOCKER) info >/dev/null 2>&1 && exit 0; sleep 0.5; done; \
-	echo "dockerd did not come up within 30 s; last lines of /tmp/dockerd.log:" >&2; tail -n 20 /tmp/dockerd.log >&2; exit 1
+	DOCKER=$(DOCKER) tools/docker-engine.sh
 
 # Built once per machine (≈1-2 min: debootstrap from the apt mirror); `docker rmi` it to rebuild.
 base-image: docker-engine

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Build the local base image IMAGE (default imagineer/base-python:bookworm) from Debian bookworm
-# with debootstrap + `docker import`: no registry is needed (none is reachable here). The image has
-# Debian's python3 (3.11), python3-venv (for `python3 -m venv`) and ca-certificates, nothing else.
+# Build a local base image IMAGE from Debian bookworm with debootstrap + `docker import`: no
+# registry is needed (none is reachable here).
+#   images/build-base.sh [IMAGE [PACKAGES]]
+# The default, imagineer/base-python:bookworm, has Debian's python3 (3.11), python3-venv (for
+# `python3 -m venv`) and ca-certificates, nothing else; the kind node image (cluster/) builds its
+# roots with other PACKAGES (a comma list for debootstrap --include).
 # The mirror is the one apt already uses (deb822 debian.sources, else sources.list), so a machine
 # pinned to a snapshot builds the same tree.
 set -euo pipefail
 IMAGE=${1:-imagineer/base-python:bookworm}
+PYTHON_PACKAGES=python3,python3-venv,ca-certificates
+PACKAGES=${2:-$PYTHON_PACKAGES}
 DOCKER=${DOCKER:-docker}
 SUITE=bookworm
 
@@ -28,9 +33,14 @@ fi
 root=$(mktemp -d /tmp/imagineer-base.XXXXXX)
 trap 'rm -rf "$root"' EXIT
 echo "debootstrap $SUITE from $mirror"
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$root" "$mirror" >/dev/null
+debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$mirror" >/dev/null
 # apt lists and caches are not needed in the image (nothing installs with apt on top of it).
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
+if [ "$PACKAGES" != "$PYTHON_PACKAGES" ]; then
+  tar -C "$root" -c . | "$DOCKER" import --change 'ENV LANG=C.UTF-8' - "$IMAGE" >/dev/null
+  echo "base: $IMAGE ($PACKAGES)"
+  exit 0
+fi
 tar -C "$root" -c . | "$DOCKER" import \
   --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$IMAGE" >/dev/null
 "$DOCKER" run --rm "$IMAGE" python3 -c 'import sys, venv, ssl; print("base:", sys.version.split()[0])'

@@ -16,7 +16,13 @@ def test_prod_renders_exporter_service_monitor_rules_and_dashboard():
     exporter = by_kind(objects, "Deployment")[f"{PREFIX}-exporter"]
     args = container(exporter)["args"]
     assert "--queues=default,labeling,scraping,training" in args
-    assert "--broker-ssl-option=ssl_ca_certs=/etc/imagineer/redis-ca/ca.crt" in args
+    assert not [a for a in args if "ssl" in a]  # TLS is the launcher's call, from the URL's scheme
+    # The CA path handed to the launcher lies inside the mounted CA Secret.
+    env = {e["name"]: e.get("value") for e in container(exporter)["env"]}
+    mount = next(m for m in container(exporter)["volumeMounts"] if m["name"] == "redis-ca")
+    volume = next(v for v in exporter["spec"]["template"]["spec"]["volumes"] if v["name"] == "redis-ca")
+    assert env["IMAGINEER_REDIS_CA_CERT"] == f"{mount['mountPath']}/ca.crt"
+    assert volume["secret"]["secretName"] == "imagineer-redis-ca"
     assert container(exporter)["image"] == "registry.imagineer.internal/imagineer/celery-exporter:0.1.0"
     service = by_kind(objects, "Service")[f"{PREFIX}-exporter"]
     monitor = by_kind(objects, "ServiceMonitor")[f"{PREFIX}-exporter"]

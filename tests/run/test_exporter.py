@@ -12,7 +12,9 @@ probes are run from the host on the rendered ``metrics`` port.
 - a task run by the default worker counts in ``celery_task_succeeded_total`` and the worker is up
   (``celery_worker_up`` 1; the exporter labels workers with the *host* part of the node name,
   i.e. the pod name, not ``default@<pod>``);
-- the rendered readiness probe (``/health``: the exporter reaches the broker) and liveness probe pass.
+- the rendered readiness probe (``/health``: the exporter reaches the broker) and liveness probe pass;
+- with a CA configured (``broker.caSecret``), the image's launcher uses TLS for a ``rediss://`` URL
+  only, exactly as the workers do: both a plain and a TLS Redis make the exporter healthy.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pytest
-from imagineer_worker.testing.services import free_port
+from imagineer_worker.testing.services import RedisServer, free_port, make_tls_files, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.run.fleet import Fleet, docker, logs, run_values
+from tests.run.fleet import APP_VERSION, Fleet, docker, logs, run_values
 
 DISK_USAGE = "imagineer.maintenance.record_disk_usage"
 UNCONSUMED = "labeling"  # rendered (so in --queues), its worker not started
@@ -155,3 +157,38 @@ class TestExporter:
         for kind in pod.http_probes:
             ok, detail = fleet.probe("exporter", kind)
             assert ok, f"{kind}: {detail}"
+
+
+# --- TLS only for rediss:// ----------------------------------------------------------------------
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["redis-url", "rediss-url"])
+def test_the_exporter_uses_the_ca_for_rediss_urls_only(tls: bool, tmp_path: Any) -> None:
+    """The chart always hands the exporter the CA when broker.caSecret is set (as for the workers);
+    with a redis:// URL it must not turn TLS on (it once did: X509 NO_CERTIFICATE_OR_CRL_FOUND)."""
+    files = make_tls_files(tmp_path / "tls")
+    server = RedisServer(tmp_path / "redis", tls=(files["cert"], files["key"], files["ca"]) if tls else None).start()
+    port = free_port()
+    name = f"imagineer-exporter-{'rediss' if tls else 'redis'}-{port}"
+    try:
+        docker("run", "-d", "--name", name, "--label", "imagineer-run-test", "--network", "host",
+               "--user", "10001:10001", "--mount", f"type=bind,source={files['ca']},target=/ca/ca.crt,readonly",
+               "-e", "IMAGINEER_REDIS_CA_CERT=/ca/ca.crt", f"imagineer/celery-exporter:{APP_VERSION}",
+               f"--broker-url={server.url}", "--host=127.0.0.1", f"--port={port}", "--retry-interval=1",
+               check=True)
+        try:
+            wait_for(lambda: _healthy(f"http://127.0.0.1:{port}/health"), METRICS_TIMEOUT,
+                     f"exporter /health on {server.url}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{logs(name)}") from None
+    finally:
+        docker("rm", "-f", name)
+        server.stop()

@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from imagineer_worker.tasks.maintenance import DISK_USAGE_LAST_RUN
+from imagineer_worker.tasks.maintenance import BEAT_STARTED, DISK_USAGE_LAST_RUN
+from imagineer_worker.testing.services import wait_for
 
 CLI = [sys.executable, "-m", "imagineer_worker.cli"]
 SLOW = ["--include=tests.support.slow_tasks"]
@@ -53,6 +54,27 @@ def test_doctor_flags_a_stale_beat(workers, redis_server):
     workers("default,training,scraping,labeling", name="all")
     redis_server.client().set(DISK_USAGE_LAST_RUN, "1000")  # 1970: beat has been dead for long
     doctor = _run("doctor", "--json", "--timeout", "2")
+    assert doctor.returncode == 1
+    assert _verdicts(doctor.stdout)["beat: record_disk_usage"] == "FAIL"
+
+
+def test_doctor_is_green_on_a_fresh_staging_fleet(workers, redis_server):
+    """Staging runs no training (IMAGINEER_EXPECTED_QUEUES, set by the chart) and beat has not had
+    its first interval yet: neither is a failure."""
+    staging = {"IMAGINEER_EXPECTED_QUEUES": "default,scraping,labeling", "IMAGINEER_DISK_SAMPLE_HOURS": "12"}
+    workers("default,scraping,labeling", name="preview")
+    workers("default", name="beat", beat=True, env=staging, wait=False)
+    client = redis_server.client()
+    wait_for(lambda: client.get(BEAT_STARTED) is not None, 60, "beat's start-up record")
+    doctor = _run("doctor", "--json", "--timeout", "2", env=staging)
+    v = _verdicts(doctor.stdout)
+    assert doctor.returncode == 0, doctor.stdout
+    assert "queue training: consumers" not in v
+    assert v["queue scraping: consumers"] == "PASS"
+    assert v["beat: record_disk_usage"] == "PEND"
+    # The same fleet, beat started long ago and still no sample: that is a dead beat.
+    client.set(BEAT_STARTED, "1000")
+    doctor = _run("doctor", "--json", "--timeout", "2", env=staging)
     assert doctor.returncode == 1
     assert _verdicts(doctor.stdout)["beat: record_disk_usage"] == "FAIL"
 

@@ -8,35 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from imagineer_worker.testing.services import CeleryProcess, RedisServer, free_port, wait_for
+from imagineer_worker.testing.services import CeleryProcess, RedisServer, free_port, make_tls_files, wait_for
 
 SLOW = ["--include=tests.support.slow_tasks"]
 CLI = [sys.executable, "-m", "imagineer_worker.cli"]
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-             "-keyout", str(key), "-out", str(cert))
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    ca, ca_key = _make_ca(d, "test-ca")
-    other_ca, _ = _make_ca(d, "other-ca")
-    key, csr, cert = d / "server.key", d / "server.csr", d / "server.pem"
-    ext = d / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-days", "2", "-extfile", str(ext), "-out", str(cert))
-    return {"cert": cert, "key": key, "ca": ca, "other_ca": other_ca}
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,9 @@ Call with (dict "root" $ "name" $name "group" $group).
   value: /etc/imagineer/config/config.yaml
 - name: IMAGINEER_MAINTENANCE_QUEUE
   value: {{ .Values.config.maintenanceQueue | quote }}
+# The queues this release's groups consume: what `imagineer-workers doctor` checks by default.
+- name: IMAGINEER_EXPECTED_QUEUES
+  value: {{ include "imagineer.consumedQueues" . | fromYamlArray | join "," | quote }}
 - name: IMAGINEER_PURGE_TRAINING_HOUR
   value: {{ .Values.config.purgeTrainingHour | quote }}
 - name: IMAGINEER_PURGE_SCRAPE_HOUR

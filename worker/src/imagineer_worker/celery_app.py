@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,15 @@ def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
+def disk_sample_schedule(settings: Settings) -> tuple[crontab, int]:
+    """``record_disk_usage``'s cron and its interval in seconds (at most that long until its first run)."""
+    if settings.disk_sample_minutes:  # a short interval for tests and debugging
+        minutes = settings.disk_sample_minutes
+        return crontab(minute=f"*/{minutes}"), minutes * 60
+    hours = settings.disk_sample_hours
+    return crontab(minute=0, hour=f"*/{hours}"), hours * 3600
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The guide's periodic jobs, in UTC, all on ``IMAGINEER_MAINTENANCE_QUEUE``.
 
@@ -49,12 +59,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     floods the queue with stale copies once a worker comes back.
     """
     queue = settings.maintenance_queue
-    if settings.disk_sample_minutes:  # a short interval for tests and debugging
-        minutes = settings.disk_sample_minutes
-        disk_schedule, disk_seconds = crontab(minute=f"*/{minutes}"), minutes * 60
-    else:
-        hours = settings.disk_sample_hours
-        disk_schedule, disk_seconds = crontab(minute=0, hour=f"*/{hours}"), hours * 3600
+    disk_schedule, disk_seconds = disk_sample_schedule(settings)
     return {
         "record-disk-usage": {
             "task": "imagineer.maintenance.record_disk_usage",
@@ -243,3 +248,17 @@ def _refresh_config_in_child(**_: Any) -> None:
     """Prefork children inherit the watcher; a cheap stat before each task picks up a reload."""
     if _watcher is not None:
         _watcher.check(announce=False)
+
+
+# --- beat process hooks --------------------------------------------------------------------------
+
+
+@signals.beat_init.connect
+def _record_beat_start(sender: Any, **_: Any) -> None:
+    """Note when beat started, so ``doctor`` tells "first sample not due yet" from "beat is dead"."""
+    from imagineer_worker.tasks.maintenance import BEAT_STARTED  # the tasks' module, not at import
+
+    try:
+        sender.app.backend.client.set(BEAT_STARTED, f"{time.time():.3f}")
+    except Exception as exc:  # beat reconnects by itself; doctor then reports the beat as failed
+        log.warning("could not record beat's start in the result backend: %s", exc, extra={"operation": "beat"})

@@ -21,6 +21,7 @@ from imagineer_worker.config import QUEUES, ConfigError, load_settings
 TASK_PREFIX = "imagineer."
 QUEUE_ALERT_LENGTH = 25  # the guide's alert threshold
 BEAT_MAX_AGE_HOURS = 12.0  # the guide's "no record_disk_usage run in 12 hours"
+BEAT_GRACE_SECONDS = 300  # a fresh beat's first sample may come this late and still be pending
 
 
 def _app():  # type: ignore[no-untyped-def]
@@ -87,7 +88,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 @dataclass
 class Check:
     name: str
-    verdict: str  # PASS | WARN | FAIL
+    verdict: str  # PASS | WARN | PEND (not due yet: not a failure) | FAIL
     detail: str
     fix: str = ""
 
@@ -151,11 +152,21 @@ def _check_worker_conf(confs: dict[str, Any]) -> list[Check]:
 
 
 def _check_beat(app: Any, max_age_hours: float) -> Check:
-    from imagineer_worker.tasks.maintenance import DISK_USAGE_LAST_RUN  # not at import: probes stay light
+    # not at import: probes stay light
+    from imagineer_worker.celery_app import disk_sample_schedule
+    from imagineer_worker.tasks.maintenance import BEAT_STARTED, DISK_USAGE_LAST_RUN
 
-    raw = app.backend.client.get(DISK_USAGE_LAST_RUN)
+    client = app.backend.client
+    raw = client.get(DISK_USAGE_LAST_RUN)
     if raw is None:
-        return Check("beat: record_disk_usage", "FAIL", "never ran (no record in the result backend)",
+        started = client.get(BEAT_STARTED)
+        _, interval = disk_sample_schedule(load_settings())
+        if started is not None and time.time() - float(started) < interval + BEAT_GRACE_SECONDS:
+            since = (time.time() - float(started)) / 60
+            return Check("beat: record_disk_usage", "PEND",
+                         f"beat started {since:.0f} min ago; the first sample is due within {interval / 3600:g} h")
+        return Check("beat: record_disk_usage", "FAIL",
+                     "never ran (no record in the result backend)" + ("" if started else "; beat never started"),
                      "deploy the dedicated beat; check it consumes IMAGINEER_MAINTENANCE_QUEUE")
     age_h = (time.time() - float(raw)) / 3600
     if age_h > max_age_hours:
@@ -187,7 +198,10 @@ def run_doctor(queues: Sequence[str], timeout: float, beat_max_age_hours: float,
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if args.queues is None:  # the deployment's own queues (the chart sets them), else all four
+        queues = load_settings().expected_queues or list(QUEUES)
+    else:
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     only = [c.strip() for c in args.checks.split(",") if c.strip()]
     unknown = sorted(set(only) - set(CHECKS))
     if unknown:
@@ -236,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("doctor", help="check broker, consumers, queue lengths, settings and beat")
-    p.add_argument("--queues", default=",".join(QUEUES), help="queues that must have a consumer")
+    p.add_argument("--queues", help="queues that must have a consumer (default: IMAGINEER_EXPECTED_QUEUES, "
+                   "which the chart sets to the queues its groups consume; else all four)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for worker replies")
     p.add_argument("--beat-max-age-hours", type=float, default=BEAT_MAX_AGE_HOURS)
     p.add_argument("--checks", default=",".join(CHECKS),

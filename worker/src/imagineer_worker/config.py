@@ -69,6 +69,8 @@ FIELDS: tuple[Field, ...] = (
           help="seconds before Redis redelivers an unacked task; must exceed task_time_limit"),
     # --- beat schedule (the guide's IMAGINEER_* variables) -------------------------------------
     Field("maintenance_queue", str, "default", choices=QUEUES),
+    Field("expected_queues", list, [],
+          help="the queues this deployment consumes (the chart sets them); doctor checks these, empty: all four"),
     Field("purge_training_hour", int, 3, minimum=0, maximum=23),
     Field("purge_scrape_hour", int, 4, minimum=0, maximum=23),
     Field("disk_sample_hours", int, 6, minimum=1, maximum=24),

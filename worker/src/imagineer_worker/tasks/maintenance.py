@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 LAST_RUN_KEY = "imagineer:maintenance:last_run:{name}"
 DISK_USAGE_LAST_RUN = LAST_RUN_KEY.format(name="record_disk_usage")  # doctor's beat-liveness check
+BEAT_STARTED = "imagineer:beat:started"  # set by beat at start-up (celery_app), read by doctor
 DISK_USAGE_FILE = "disk_usage.jsonl"
 _DAY = 86400.0
 

@@ -40,7 +40,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class FixtureSite:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, public_url: str | None = None) -> None:
         self.images = {f"/img/{i}.png": make_png(c) for i, c in enumerate(COLORS)}
         self.hits: list[str] = []
         site = self
@@ -79,9 +79,10 @@ class FixtureSite:
                 else:
                     self._send(404, b"not found", "text/plain")
 
-        self.server = _QuietServer((host, 0), Handler)
+        self.server = _QuietServer((host, port), Handler)
         self.port = int(self.server.server_address[1])
-        self.base_url = f"http://{host}:{self.port}"
+        # The absolute URL in the gallery: where scrapers reach the site (a Service name in a cluster).
+        self.base_url = public_url.rstrip("/") if public_url else f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def gallery_html(self) -> str:
@@ -97,3 +98,26 @@ class FixtureSite:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the site until killed: ``python -m imagineer_worker.testing.fixture_site --port 8080``.
+
+    The cluster smoke test (tests/smoke/) runs it in a pod from the worker image, as the web site
+    the scraper fetches from.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--public-url", help="the site's URL as scrapers see it (default: host and port)")
+    args = parser.parse_args(argv)
+    site = FixtureSite(args.host, args.port, args.public_url)
+    print(f"fixture site on {args.host}:{site.port}, gallery at {site.base_url}/gallery.html", flush=True)
+    site.server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,6 +37,35 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> Non
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA in ``directory``: (certificate, key)."""
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+             "-keyout", str(key), "-out", str(cert))
+    return cert, key
+
+
+def make_tls_files(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate it signs for 127.0.0.1/localhost, and an unrelated CA.
+
+    Keys: ``cert``, ``key`` (the server's), ``ca``, ``other_ca`` (verifies nothing here).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = make_ca(directory, "test-ca")
+    other_ca, _ = make_ca(directory, "other-ca")
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-days", "2", "-extfile", str(ext), "-out", str(cert))
+    return {"cert": cert, "key": key, "ca": ca, "other_ca": other_ca}
+
+
 @dataclass
 class RedisServer:
     """``redis-server`` on 127.0.0.1; with ``tls`` (cert, key, ca) it listens on TLS only."""
