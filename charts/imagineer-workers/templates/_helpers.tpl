@@ -161,6 +161,9 @@ Call with (dict "root" $ "name" $name "group" $group).
 {{- range $name, $_ := .Values.workers -}}
 {{- $g := fromYaml (include "imagineer.group" (dict "root" $ "name" $name)) -}}
 {{- if $g.enabled -}}
+{{- if not $g.queues -}}
+{{- fail (printf "workers.%s.queues is required: the queues the group consumes, e.g. [%s] (or set workers.%s.enabled: false)" $name $name $name) -}}
+{{- end -}}
 {{- $queues = concat $queues $g.queues -}}
 {{- end -}}
 {{- end -}}
