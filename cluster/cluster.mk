@@ -43,17 +43,12 @@ kind-node-image: docker-engine
 
 # The offline image is built only when it is the one asked for.
 cluster: cluster-tools docker-engine $(if $(filter $(OFFLINE_NODE_IMAGE),$(KIND_NODE_IMAGE)),kind-node-image)
-	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER_NAME)'; then \
-	  echo "kind cluster $(CLUSTER_NAME) exists (make cluster-delete to start over)"; \
-	else \
-	  $(KIND) create cluster --name $(CLUSTER_NAME) --image $(KIND_NODE_IMAGE) \
-	    --config cluster/kind-config.yaml --wait 180s; \
-	fi
-	$(KUBECTL) --context $(KUBE_CONTEXT) wait --for=condition=Ready nodes --all --timeout=180s
-	$(KUBECTL) --context $(KUBE_CONTEXT) get nodes -o wide
+	KIND=$(KIND) KUBECTL=$(KUBECTL) DOCKER=$(DOCKER) CLUSTER_NAME=$(CLUSTER_NAME) \
+	  KIND_NODE_IMAGE=$(KIND_NODE_IMAGE) cluster/create.sh
 
 cluster-delete: $(KIND)
 	$(KIND) delete cluster --name $(CLUSTER_NAME)
+	rm -rf .cache/kind-shared-volumes
 
 SMOKE_ENV = KIND=$(KIND) KUBECTL=$(KUBECTL) HELM=$(HELM) DOCKER=$(DOCKER) KUBE_CONTEXT=$(KUBE_CONTEXT) \
   KIND_CLUSTER=$(CLUSTER_NAME) IMAGE_TAG=$(IMAGE_TAG) CRDS_DIR=$(TOOLS_ABS)/crds ARTIFACTS=$(SMOKE_ARTIFACTS) \

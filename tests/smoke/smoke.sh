@@ -152,7 +152,7 @@ step_install() {
   done
   grep -q "^PEND  beat: record_disk_usage" <<<"$doctor" && ! grep -q "queue training" <<<"$doctor" ||
     { echo "$doctor" >&2; fail "doctor is not green on the fresh staging install"; }
-  log "doctor: $(tail -1 <<<"$doctor"), beat pending"
+  log "$(tail -1 <<<"$doctor"), beat pending"
 }
 
 step_pipeline() {
