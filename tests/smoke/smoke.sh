@@ -6,7 +6,8 @@
 #
 # Steps (each printed with its duration; a failure names its step, exits 1 and saves events, pod
 # logs, descriptions and `kind export logs` under $ARTIFACTS):
-#   1 images     load the project's images and a test Redis into the nodes (kind only)
+#   1 images     load the project's images and a test Redis into the nodes (kind only; the
+#                training image to the GPU node only, in the background until step 6)
 #   2 namespace  a namespace enforcing Pod Security "restricted"; the Prometheus Operator CRDs;
 #                Redis and a small web site for the scraper
 #   3 install    helm install with values-staging.yaml + the smoke overlays: every Deployment
@@ -106,15 +107,24 @@ for host, queues in sorted(json.load(sys.stdin).items()):
     print(host, ",".join(sorted(q["name"] for q in queues)))'
 }
 
+gpu_node() { kc get nodes -l nvidia.com/gpu.present=true -o jsonpath='{.items[0].metadata.name}'; }
+has_gpu() { [ "$(kc get node "$1" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')" -ge 1 ]; }
+
 # ---- steps -------------------------------------------------------------------------------------
 step_images() {
   if [ -z "$KIND_CLUSTER" ]; then log "not a kind cluster: the images must be pullable by the nodes"; return; fi
-  "$DOCKER" image inspect "$REDIS_IMAGE" >/dev/null 2>&1 ||
-    "$DOCKER" build -q --network host --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$REDIS_IMAGE" \
-      -f tests/smoke/redis.Dockerfile tests/smoke >/dev/null
+  "$DOCKER" build -q --network host --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$REDIS_IMAGE" \
+    -f tests/smoke/redis.Dockerfile tests/smoke >/dev/null
   local images=("$REDIS_IMAGE") i
   for i in "${LIGHT_IMAGES[@]}"; do images+=("$i:$IMAGE_TAG"); done
   "$KIND" load docker-image --name "$KIND_CLUSTER" "${images[@]}"
+  # The 5 GB training image only on the GPU node, and in the background: step 6 waits for it.
+  $DEMO && return
+  local node
+  node=$(gpu_node)
+  [ -n "$node" ] || fail "no node labelled nvidia.com/gpu.present=true (cluster/kind-config.yaml has one)"
+  ( "$KIND" load docker-image --name "$KIND_CLUSTER" --nodes "$node" "imagineer/worker-training:$IMAGE_TAG" \
+      > "$STATE/training-load.log" 2>&1; echo $? > "$STATE/training-load.rc" ) &
 }
 
 step_namespace() {
@@ -209,8 +219,6 @@ step_scale() {
   log "3 Ready pods, all listed by celery inspect active_queues on default,labeling,scraping"
 }
 
-gpu_node() { kc get nodes -l nvidia.com/gpu.present=true -o jsonpath='{.items[0].metadata.name}'; }
-has_gpu() { [ "$(kc get node "$1" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')" -ge 1 ]; }
 
 step_prod() {
   local node
@@ -221,7 +229,8 @@ step_prod() {
     # (a real cluster's GPU node has it already and is left alone).
     kc patch node "$node" --subresource=status --type=json \
       -p '[{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "1"}]' >/dev/null
-    "$KIND" load docker-image --name "$KIND_CLUSTER" --nodes "$node" "imagineer/worker-training:$IMAGE_TAG"
+    wait_for 600 "the training image loaded on $node" test -f "$STATE/training-load.rc"
+    [ "$(cat "$STATE/training-load.rc")" = 0 ] || { cat "$STATE/training-load.log" >&2; fail "loading the training image"; }
   fi
   wait_for 30 "nvidia.com/gpu allocatable on $node" has_gpu "$node"
   # What an operator creates before installing values-prod.yaml (the chart README's list).
