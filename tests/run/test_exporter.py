@@ -14,7 +14,8 @@ probes are run from the host on the rendered ``metrics`` port.
   i.e. the pod name, not ``default@<pod>``);
 - the rendered readiness probe (``/health``: the exporter reaches the broker) and liveness probe pass;
 - with a CA configured (``broker.caSecret``), the image's launcher uses TLS for a ``rediss://`` URL
-  only, exactly as the workers do: both a plain and a TLS Redis make the exporter healthy.
+  only, exactly as the workers do: both a plain and a TLS Redis make the exporter healthy;
+- SIGTERM ends the exporter (PID 1 in its pod) with exit code 0.
 """
 
 from __future__ import annotations
@@ -170,6 +171,17 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def start_exporter(name: str, url: str, port: int, *docker_args: str) -> None:
+    """The exporter image alone, as its Deployment runs it, until /health answers."""
+    docker("run", "-d", "--name", name, "--label", "imagineer-run-test", "--network", "host",
+           "--user", "10001:10001", *docker_args, f"imagineer/celery-exporter:{APP_VERSION}",
+           f"--broker-url={url}", "--host=127.0.0.1", f"--port={port}", "--retry-interval=1", check=True)
+    try:
+        wait_for(lambda: _healthy(f"http://127.0.0.1:{port}/health"), METRICS_TIMEOUT, f"exporter /health on {url}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{logs(name)}") from None
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["redis-url", "rediss-url"])
 def test_the_exporter_uses_the_ca_for_rediss_urls_only(tls: bool, tmp_path: Any) -> None:
     """The chart always hands the exporter the CA when broker.caSecret is set (as for the workers);
@@ -179,16 +191,23 @@ def test_the_exporter_uses_the_ca_for_rediss_urls_only(tls: bool, tmp_path: Any)
     port = free_port()
     name = f"imagineer-exporter-{'rediss' if tls else 'redis'}-{port}"
     try:
-        docker("run", "-d", "--name", name, "--label", "imagineer-run-test", "--network", "host",
-               "--user", "10001:10001", "--mount", f"type=bind,source={files['ca']},target=/ca/ca.crt,readonly",
-               "-e", "IMAGINEER_REDIS_CA_CERT=/ca/ca.crt", f"imagineer/celery-exporter:{APP_VERSION}",
-               f"--broker-url={server.url}", "--host=127.0.0.1", f"--port={port}", "--retry-interval=1",
-               check=True)
-        try:
-            wait_for(lambda: _healthy(f"http://127.0.0.1:{port}/health"), METRICS_TIMEOUT,
-                     f"exporter /health on {server.url}")
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{logs(name)}") from None
+        start_exporter(name, server.url, port, "-e", "IMAGINEER_REDIS_CA_CERT=/ca/ca.crt",
+                       "--mount", f"type=bind,source={files['ca']},target=/ca/ca.crt,readonly")
+    finally:
+        docker("rm", "-f", name)
+        server.stop()
+
+
+def test_sigterm_stops_the_exporter_cleanly(tmp_path: Any) -> None:
+    """PID 1 in its pod: SIGTERM (a rollout, a drain) must end it with exit code 0, not leave it to
+    the SIGKILL after the grace period (exit code 137)."""
+    server = RedisServer(tmp_path / "redis").start()
+    port = free_port()
+    name = f"imagineer-exporter-stop-{port}"
+    try:
+        start_exporter(name, server.url, port)
+        docker("stop", "--time", "60", name, timeout=90, check=True)
+        assert docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0", logs(name)
     finally:
         docker("rm", "-f", name)
         server.stop()

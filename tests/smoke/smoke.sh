@@ -361,9 +361,9 @@ if $DEMO; then
   printf '%s\n' "${TABLE[@]}"
   cat <<EOF
 The release is up. Next:
-  kubectl --context $KUBE_CONTEXT -n $NS get pods
-  kubectl --context $KUBE_CONTEXT -n $NS scale $(worker_of preview) --replicas=2
-  kubectl --context $KUBE_CONTEXT -n $NS exec $(worker_of preview) -c worker -- imagineer-workers doctor
+  $KUBECTL --context $KUBE_CONTEXT -n $NS get pods
+  $KUBECTL --context $KUBE_CONTEXT -n $NS scale $(worker_of preview) --replicas=2
+  $KUBECTL --context $KUBE_CONTEXT -n $NS exec $(worker_of preview) -c worker -- imagineer-workers doctor
   $HELM --kube-context $KUBE_CONTEXT -n $NS uninstall $RELEASE      # make cluster-delete removes the cluster
 EOF
   exit 0
