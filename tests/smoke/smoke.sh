@@ -123,8 +123,9 @@ step_images() {
   local node
   node=$(gpu_node)
   [ -n "$node" ] || fail "no node labelled nvidia.com/gpu.present=true (cluster/kind-config.yaml has one)"
-  ( "$KIND" load docker-image --name "$KIND_CLUSTER" --nodes "$node" "imagineer/worker-training:$IMAGE_TAG" \
-      > "$STATE/training-load.log" 2>&1; echo $? > "$STATE/training-load.rc" ) &
+  # (errexit is on in here: the exit status is caught explicitly so that step 6 always learns it)
+  ( rc=0; "$KIND" load docker-image --name "$KIND_CLUSTER" --nodes "$node" "imagineer/worker-training:$IMAGE_TAG" \
+      > "$STATE/training-load.log" 2>&1 || rc=$?; echo $rc > "$STATE/training-load.rc" ) &
 }
 
 step_namespace() {
