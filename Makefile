@@ -95,7 +95,7 @@ chart-test: tools $(STAMP)
 	tmp=$$(mktemp -d) && cp $(CHART)/README.md $$tmp/README.md && \
 	  $(README_GENERATOR) --values $(CHART)/values.yaml --readme $$tmp/README.md >/dev/null && \
 	  diff -u $(CHART)/README.md $$tmp/README.md || { echo "$(CHART)/README.md is out of date: run make chart-readme" >&2; exit 1; }
-	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) PROMTOOL=$(PROMTOOL) $(VENV)/bin/pytest tests/chart)
+	$(call run_pytest,HELM=$(HELM) KUBECONFORM=$(KUBECONFORM) KUBECONFORM_FLAGS="$(KUBECONFORM_FLAGS)" KUBE_VERSION=$(KUBE_VERSION) PROMTOOL=$(PROMTOOL) KUBE_SCORE=$(KUBE_SCORE) $(VENV)/bin/pytest tests/chart)
 
 # The chart's pod specs executed: each rendered Deployment as a container from the built images.
 run-test: run-test-packages images tools $(STAMP)

@@ -27,6 +27,8 @@ KUBE_MINOR   := $(word 2,$(subst ., ,$(KUBE_VERSION)))
 # kubernetes-validate and PyYAML in tools/requirements.txt.
 HELM_VERSION        := v3.22.0
 KUBECONFORM_VERSION := v0.7.0
+# kube-score: a plain `go install …@version` builds it (no replace directives); all checks built in.
+KUBE_SCORE_VERSION  := v1.20.0
 # Prometheus's Go module is tagged v0.3xx.y for release 3.xx.y (promtool reports the latter). Its
 # go.mod has no replace directives, so a plain `go install …@version` builds promtool.
 PROMETHEUS_VERSION  := v0.316.0
@@ -42,6 +44,7 @@ TOOLS_PYTHON ?= python3
 
 HELM             := $(TOOLS_ABS)/bin/helm
 KUBECONFORM      := $(TOOLS_ABS)/bin/kubeconform
+KUBE_SCORE       := $(TOOLS_ABS)/bin/kube-score
 CONTROLLER_GEN   := $(TOOLS_ABS)/bin/controller-gen
 PROMTOOL         := $(TOOLS_ABS)/bin/promtool
 HELM_PLUGINS     := $(TOOLS_ABS)/helm-plugins
@@ -69,7 +72,7 @@ K8S_SCHEMAS := $(SCHEMAS_DIR)/v$(KUBE_VERSION)-local-strict/.done
 CRD_SCHEMAS := $(SCHEMAS_DIR)/crds/.done
 
 .PHONY: tools tools-versions clean-tools
-tools: $(HELM) $(HELM_UNITTEST) $(KUBECONFORM) $(PROMTOOL) $(K8S_SCHEMAS) $(CRD_SCHEMAS) $(README_GENERATOR)
+tools: $(HELM) $(HELM_UNITTEST) $(KUBECONFORM) $(KUBE_SCORE) $(PROMTOOL) $(K8S_SCHEMAS) $(CRD_SCHEMAS) $(README_GENERATOR)
 
 # A plain `go install` of helm v3 defaults to Kubernetes v1.20 capabilities (upstream's Makefile
 # sets them by ldflags): set them to KUBE_VERSION for `helm template`/`lint`, and the version
@@ -85,6 +88,12 @@ $(HELM): $(TOOLS_MK)
 $(KUBECONFORM): $(TOOLS_MK)
 	GOBIN=$(@D) $(TOOLS_GO) install -trimpath -ldflags "-s -w -X main.version=$(KUBECONFORM_VERSION)" \
 	  github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	touch $@
+
+# kube-score scores the rendered chart (tests/chart/test_security.py); its version variables are in main.
+$(KUBE_SCORE): $(TOOLS_MK)
+	GOBIN=$(@D) $(TOOLS_GO) install -trimpath -ldflags "-s -w -X main.version=$(KUBE_SCORE_VERSION)" \
+	  github.com/zegl/kube-score/cmd/kube-score@$(KUBE_SCORE_VERSION)
 	touch $@
 
 # promtool checks and unit-tests the chart's PrometheusRule groups and the dashboard's PromQL.
@@ -149,6 +158,7 @@ tools-versions: tools
 	@$(HELM) version --short
 	@$(HELM) plugin list
 	@echo "kubeconform $$($(KUBECONFORM) -v)"
+	@$(KUBE_SCORE) version
 	@$(PROMTOOL) --version | head -1
 	@$(CONTROLLER_GEN) --version
 	@echo "readme-generator $$($(README_GENERATOR) --version | cut -d" " -f2)"

@@ -64,13 +64,22 @@ def validate(manifest: str) -> None:
         raise AssertionError(f"kubeconform rejected the rendering:\n{proc.stdout}{proc.stderr}")
 
 
+def render_manifest(values: dict[str, Any] | None = None, *, values_file: str | Path | None = None,
+                    show_only: list[str] | None = None, name: str = "release",
+                    namespace: str = "imagineer") -> str:
+    """Render with real helm and return the manifest text (``---`` separated), kubeconform-validated."""
+    file = VALUES_FILES.get(values_file, values_file) if isinstance(values_file, str) else values_file
+    manifest = _helm_template(values, Path(file) if file else None, show_only or [], name, namespace)
+    validate(manifest)
+    return manifest
+
+
 def render_chart(values: dict[str, Any] | None = None, *, values_file: str | Path | None = None,
                  show_only: list[str] | None = None, name: str = "release",
                  namespace: str = "imagineer") -> list[dict[str, Any]]:
     """Render with real helm and return the objects, each validated by kubeconform."""
-    file = VALUES_FILES.get(values_file, values_file) if isinstance(values_file, str) else values_file
-    manifest = _helm_template(values, Path(file) if file else None, show_only or [], name, namespace)
-    validate(manifest)
+    manifest = render_manifest(values, values_file=values_file, show_only=show_only, name=name,
+                               namespace=namespace)
     return [doc for doc in yaml.safe_load_all(manifest) if doc]
 
 

@@ -39,8 +39,9 @@ def test_one_deployment_per_guide_queue_with_its_concurrency(default_objects):
 def test_gpu_only_on_training(default_objects):
     workers = worker_groups(default_objects)
     training = container(workers["training"])["resources"]
-    assert training["requests"] == {"cpu": "2", "memory": "12Gi", "nvidia.com/gpu": 1}
-    assert training["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 1}
+    # ephemeral-storage comes from workerDefaults.resources
+    assert training["requests"] == {"cpu": "2", "memory": "12Gi", "nvidia.com/gpu": 1, "ephemeral-storage": "256Mi"}
+    assert training["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 1, "ephemeral-storage": "2Gi"}
     for name in ("default", "scraping", "labeling"):
         resources = container(workers[name])["resources"]
         assert "nvidia.com/gpu" not in resources["requests"] and "nvidia.com/gpu" not in resources["limits"]

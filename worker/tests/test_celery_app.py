@@ -9,7 +9,7 @@ import sys
 import pytest
 from celery.schedules import crontab
 
-from imagineer_worker.celery_app import beat_schedule, celery, celery_config, task_routes
+from imagineer_worker.celery_app import beat_schedule, celery, celery_config, redbeat_config, task_routes
 from imagineer_worker.config import load_settings
 
 
@@ -56,6 +56,46 @@ def test_sentinel_master_name_goes_to_both_transports():
         "IMAGINEER_REDIS_SENTINEL_MASTER": "mymaster"}))
     assert conf["broker_transport_options"]["master_name"] == "mymaster"
     assert conf["result_backend_transport_options"]["master_name"] == "mymaster"
+
+
+def test_key_prefix_goes_to_both_transports_and_every_key_of_ours():
+    settings = load_settings({"IMAGINEER_REDIS_KEY_PREFIX": "app1:"})
+    conf = celery_config(settings)
+    assert conf["broker_transport_options"]["global_keyprefix"] == "app1:"
+    assert conf["result_backend_transport_options"]["global_keyprefix"] == "app1:"
+    assert conf["redbeat_key_prefix"] == "app1:redbeat:"
+    assert settings.key("imagineer:beat:started") == "app1:imagineer:beat:started"
+    assert "global_keyprefix" not in celery_config(load_settings({}))["broker_transport_options"]
+
+
+def test_beat_is_redbeat_with_a_lock_it_renews_five_times_per_period():
+    conf = celery_config(load_settings({"IMAGINEER_BEAT_LOCK_TIMEOUT": "30"}))
+    assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert (conf["redbeat_lock_timeout"], conf["beat_max_loop_interval"]) == (30, 6)
+    assert conf["redbeat_redis_url"] == conf["broker_url"] and conf["redbeat_redis_options"] == {}
+    assert "beat_schedule_filename" not in conf
+
+
+def test_redbeat_reaches_sentinel_and_tls_like_the_broker(tmp_path):
+    conf = redbeat_config(load_settings({
+        "CELERY_BROKER_URL": "sentinel://:pw@s1:26380/2;sentinel://:pw@s2",
+        "IMAGINEER_REDIS_SENTINEL_MASTER": "mymaster"}))
+    assert conf["redbeat_redis_url"] == "redis-sentinel://s1:26380"
+    assert conf["redbeat_redis_options"] == {"sentinels": [("s1", 26380), ("s2", 26379)],
+                                             "service_name": "mymaster", "password": "pw", "db": 2}
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    tls = redbeat_config(load_settings({"CELERY_BROKER_URL": "rediss://r:6380/0", "IMAGINEER_REDIS_CA_CERT": str(ca)}))
+    assert tls["redbeat_redis_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca)}
+
+
+def test_redeliveries_are_capped_and_deduplicated_and_soft_shutdown_is_off():
+    conf = celery_config(load_settings({}))
+    assert conf["worker_deduplicate_successful_tasks"] is True
+    assert conf["worker_soft_shutdown_timeout"] == 0.0
+    assert conf["worker_consumer"] == "imagineer_worker.deadletter:Consumer"
+    assert all(task.Strategy == "imagineer_worker.redelivery:capped_strategy"
+               for name, task in celery.tasks.items() if not name.startswith("celery."))
 
 
 @pytest.mark.parametrize(("task", "queue"), [

@@ -87,6 +87,29 @@ def test_doctor_runs_only_the_chosen_checks(workers):
     assert _run("doctor", "--checks", "broker,ping").returncode == 2
 
 
+def test_doctor_names_a_wrong_typed_queue_key_and_dead_letters(redis_server):
+    prefix = "app1:"
+    client = redis_server.client()
+    client.flushdb()
+    client.hset(f"{prefix}labeling", "a", "b")
+    client.set(f"{prefix}training\x06\x166", "a priority sub-list of the wrong type")
+    client.lpush(f"{prefix}default", "queued")
+    client.lpush(f"{prefix}default.dead", "one", "two")
+    doctor = _run("doctor", "--json", "--queues", "default,training,labeling,scraping", "--checks", "lengths",
+                  env={"IMAGINEER_REDIS_KEY_PREFIX": prefix})
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+    assert doctor.returncode == 1
+    assert checks["queue labeling: key type"]["verdict"] == "FAIL"
+    assert "'app1:labeling' is a Redis hash" in checks["queue labeling: key type"]["detail"]
+    assert "DEL or RENAME" in checks["queue labeling: key type"]["fix"]
+    assert "is a Redis string" in checks["queue training: key type"]["detail"]
+    assert (checks["queue default: length"]["verdict"], checks["queue default: length"]["detail"]) == ("PASS", "1 waiting")
+    assert checks["queue default: dead letters"]["detail"] == "2 in app1:default.dead"
+    assert "LMOVE app1:default.dead app1:default LEFT LEFT" in checks["queue default: dead letters"]["fix"]
+    assert checks["queue scraping: length"]["verdict"] == "PASS" and "queue scraping: dead letters" not in checks
+    client.flushdb()
+
+
 def test_doctor_reports_an_unreachable_broker():
     doctor = _run("doctor", "--timeout", "1", env={"CELERY_BROKER_URL": "redis://127.0.0.1:1/0"})
     assert doctor.returncode == 1

@@ -74,6 +74,11 @@ def test_environment_wins_over_file_and_file_over_defaults(tmp_path):
     ({"IMAGINEER_TASK_SOFT_TIME_LIMIT": "1800"}, "task_soft_time_limit: 1800s must be below task_time_limit"),
     ({"IMAGINEER_SCRAPING_ALLOW_NETWORKS": "10.0.0.0/8,not a host!"}, "scraping.allow_networks"),
     ({"IMAGINEER_REDIS_CA_CERT": "/nonexistent/ca.pem"}, "redis.ca_cert: /nonexistent/ca.pem"),
+    ({"IMAGINEER_REDIS_KEY_PREFIX": "app one:"}, "redis.key_prefix: 'app one:' has blanks or glob"),
+    ({"IMAGINEER_REDIS_KEY_PREFIX": "app*:"}, "redis.key_prefix: 'app\\*:' has blanks or glob"),
+    ({"IMAGINEER_MAX_DELIVERIES": "0"}, "max_deliveries .*below the minimum 1"),
+    ({"IMAGINEER_DEAD_LETTER_MAX_LENGTH": "0"}, "dead_letter_max_length .*below the minimum 1"),
+    ({"IMAGINEER_BEAT_LOCK_TIMEOUT": "1"}, r"beat.lock_timeout \(environment IMAGINEER_BEAT_LOCK_TIMEOUT\).*minimum 2"),
 ])
 def test_invalid_values_name_their_key(env, message):
     with pytest.raises(ConfigError, match=message):

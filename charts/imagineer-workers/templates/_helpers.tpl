@@ -137,6 +137,20 @@ Call with (dict "root" $ "name" $name "group" $group).
 
 {{/* ---------------------------------------------------------------- shared pod parts */}}
 
+{{/*
+The kubelet counts a container's emptyDirs and logs against its ephemeral-storage limit: a limit
+below the /tmp emptyDir's sizeLimit would evict the pod before /tmp is full. Call with
+(dict "path" "beat.resources" "resources" <map> "min" <quantity> "minName" "tmpSizeLimit").
+*/}}
+{{- define "imagineer.validateEphemeralStorage" -}}
+{{- $limit := dig "limits" "ephemeral-storage" "" (.resources | default dict) -}}
+{{- if $limit -}}
+{{- if lt (float64 (include "imagineer.memoryGi" $limit)) (float64 (include "imagineer.memoryGi" .min)) -}}
+{{- fail (printf "%s.limits.ephemeral-storage %v is below %s %v: the kubelet counts the /tmp emptyDir against this limit and would evict the pod before /tmp is full" .path $limit .minName .min) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "imagineer.validateGlobal" -}}
 {{- $c := .Values.celery -}}
 {{- if ge (int $c.softTimeLimitSeconds) (int $c.hardTimeLimitSeconds) -}}
@@ -214,6 +228,10 @@ Call with (dict "root" $ "name" $name "group" $group).
   value: {{ .Values.celery.hardTimeLimitSeconds | quote }}
 - name: IMAGINEER_VISIBILITY_TIMEOUT
   value: {{ .Values.celery.visibilityTimeoutSeconds | quote }}
+- name: IMAGINEER_MAX_DELIVERIES
+  value: {{ .Values.config.maxDeliveries | quote }}
+- name: IMAGINEER_DEAD_LETTER_MAX_LENGTH
+  value: {{ .Values.config.deadLetterMaxLength | quote }}
 - name: IMAGINEER_DATA_DIR
   value: {{ .Values.persistence.mountPath | quote }}
 - name: IMAGINEER_HEALTH_DIR
@@ -224,6 +242,10 @@ Call with (dict "root" $ "name" $name "group" $group).
 {{- end }}
 {{- with .Values.broker.sentinelMaster }}
 - name: IMAGINEER_REDIS_SENTINEL_MASTER
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.broker.keyPrefix }}
+- name: IMAGINEER_REDIS_KEY_PREFIX
   value: {{ . | quote }}
 {{- end }}
 {{- end -}}

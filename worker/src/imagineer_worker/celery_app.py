@@ -14,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, bootsteps, signals
 from celery.schedules import crontab
 
-from imagineer_worker import health
+from imagineer_worker import health, transport
 from imagineer_worker.concurrency import available_vcpus, effective_concurrency
 from imagineer_worker.config import CONFIG_ENV, ConfigError, ConfigWatcher, Settings, get_settings
 from imagineer_worker.logging_config import configure_logging
@@ -89,12 +90,42 @@ def redis_ssl_options(url: str, settings: Settings) -> dict[str, Any] | None:
     return options
 
 
+def redbeat_config(settings: Settings) -> dict[str, Any]:
+    """Beat's schedule and lock in Redis (celery-redbeat): two beats never fire an entry twice.
+
+    A second beat (a rollout overlap, a second release, ``kubectl scale``) blocks on the lock; a
+    beat killed with -9 holds it at most ``beat.lock_timeout`` seconds. Beat renews the lock on
+    every tick, so ticks come at least five times per lock period.
+    """
+    url = settings.broker_url
+    options: dict[str, Any] = {}
+    if url.startswith("sentinel://"):  # kombu's sentinel://h1:p1;sentinel://h2:p2 → redbeat's options
+        parts = [urlsplit(part) for part in url.split(";") if part.strip()]
+        options = {"sentinels": [(p.hostname, p.port or 26379) for p in parts],
+                   "service_name": settings.redis_sentinel_master,
+                   "password": parts[0].password, "db": int(parts[0].path.strip("/") or 0)}
+        url = "redis-sentinel://" + parts[0].netloc.rsplit("@", 1)[-1]
+    return {
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": url,
+        "redbeat_redis_use_ssl": redis_ssl_options(settings.broker_url, settings),
+        "redbeat_redis_options": options,
+        "redbeat_key_prefix": settings.key("redbeat:"),
+        "redbeat_lock_timeout": settings.beat_lock_timeout,
+        "beat_max_loop_interval": max(1, settings.beat_lock_timeout // 5),
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
     if settings.redis_sentinel_master:
         transport["master_name"] = settings.redis_sentinel_master
+    if settings.redis_key_prefix:  # every broker and result key, from kombu and Celery alike
+        transport["global_keyprefix"] = settings.redis_key_prefix
     return {
         "broker_url": settings.broker_url,
+        # Celery's consumer, keeping the messages it refuses in the dead-letter lists (deadletter.py)
+        "worker_consumer": "imagineer_worker.deadletter:Consumer",
         "result_backend": settings.result_backend,
         "broker_use_ssl": redis_ssl_options(settings.broker_url, settings),
         "redis_backend_use_ssl": redis_ssl_options(settings.result_backend, settings),
@@ -117,6 +148,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # acking it; a broker connection loss cancels late-ack tasks so they do not run twice.
         "task_reject_on_worker_lost": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Those requeues are capped (redelivery.py); a redelivered task that already succeeded
+        # (its worker died between the result and the ack) is not run again.
+        "worker_deduplicate_successful_tasks": True,
+        # Soft shutdown stays off on every queue: SIGTERM is a warm shutdown that lets running
+        # tasks finish, and the chart's grace period exceeds the hard time limit.
+        "worker_soft_shutdown_timeout": 0.0,
         "task_track_started": True,
         # The exporter builds its metrics from these events.
         "worker_send_task_events": True,
@@ -125,8 +162,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_routes": task_routes(settings),
         "beat_schedule": beat_schedule(settings),
-        # The root filesystem is read-only: beat keeps its schedule state beside the health files.
-        "beat_schedule_filename": str(settings.health_dir / "celerybeat-schedule"),
+        **redbeat_config(settings),
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
@@ -167,7 +203,8 @@ class HealthFiles(bootsteps.StartStopStep):
 def create_app(settings: Settings) -> Celery:
     # beat opens its schedule file here before any signal fires
     settings.health_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("imagineer", include=list(TASK_MODULES))
+    transport.install()  # kombu's Redis transport with the hook that dead-letters poison items
+    app = Celery("imagineer", include=list(TASK_MODULES), task_cls="imagineer_worker.redelivery:Task")
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(HealthFiles)
     return app
@@ -259,6 +296,6 @@ def _record_beat_start(sender: Any, **_: Any) -> None:
     from imagineer_worker.tasks.maintenance import BEAT_STARTED  # the tasks' module, not at import
 
     try:
-        sender.app.backend.client.set(BEAT_STARTED, f"{time.time():.3f}")
+        sender.app.backend.client.set(get_settings().key(BEAT_STARTED), f"{time.time():.3f}")
     except Exception as exc:  # beat reconnects by itself; doctor then reports the beat as failed
         log.warning("could not record beat's start in the result backend: %s", exc, extra={"operation": "beat"})

@@ -122,14 +122,31 @@ def _check_consumers(app: Any, queues: Sequence[str], timeout: float) -> tuple[l
 
 
 def _check_lengths(app: Any, queues: Sequence[str]) -> list[Check]:
+    """Each queue's key type and length (priority sub-lists included) and its dead-letter list."""
+    from imagineer_worker.deadletter import DEAD_SUFFIX, plain_client
+
     checks = []
     with app.connection_for_read() as conn:
-        client = conn.default_channel.client
+        channel = conn.default_channel
+        client = plain_client(channel)
         for q in queues:
-            n = int(client.llen(q))
+            wrong = channel.wrong_type_key(q, client)
+            if wrong:
+                key, kind = wrong
+                checks.append(Check(f"queue {q}: key type", "FAIL", f"{key!r} is a Redis {kind}, not a list: "
+                                    "workers skip this queue", f"inspect it (redis-cli TYPE {key}), then DEL or "
+                                    "RENAME it; workers resume by themselves"))
+                continue
+            n = sum(int(client.llen(key)) for key in channel.queue_keys(q))
             verdict = "WARN" if n > QUEUE_ALERT_LENGTH else "PASS"
             checks.append(Check(f"queue {q}: length", verdict, f"{n} waiting",
                                 "scale the worker group (kubectl scale)" if verdict == "WARN" else ""))
+            dead_key = channel.global_keyprefix + q + DEAD_SUFFIX
+            dead = int(client.llen(dead_key)) if client.type(dead_key) in (b"list", "list") else 0
+            if dead:
+                checks.append(Check(f"queue {q}: dead letters", "WARN", f"{dead} in {dead_key}",
+                                    f"read them (redis-cli LRANGE {dead_key} 0 9); replay one after a fix with "
+                                    f"LMOVE {dead_key} {channel.global_keyprefix}{q} LEFT LEFT, or DEL the list"))
     return checks
 
 
@@ -156,10 +173,10 @@ def _check_beat(app: Any, max_age_hours: float) -> Check:
     from imagineer_worker.celery_app import disk_sample_schedule
     from imagineer_worker.tasks.maintenance import BEAT_STARTED, DISK_USAGE_LAST_RUN
 
-    client = app.backend.client
-    raw = client.get(DISK_USAGE_LAST_RUN)
+    client, key = app.backend.client, load_settings().key
+    raw = client.get(key(DISK_USAGE_LAST_RUN))
     if raw is None:
-        started = client.get(BEAT_STARTED)
+        started = client.get(key(BEAT_STARTED))
         _, interval = disk_sample_schedule(load_settings())
         if started is not None and time.time() - float(started) < interval + BEAT_GRACE_SECONDS:
             since = (time.time() - float(started)) / 60

@@ -62,12 +62,21 @@ FIELDS: tuple[Field, ...] = (
           help="seconds a task result stays in Redis"),
     Field("redis.ca_cert", str, "", help="CA bundle for rediss:// URLs (empty: system CAs)"),
     Field("redis.sentinel_master", str, "", help="master name for sentinel:// URLs"),
+    Field("redis.key_prefix", str, "",
+          help="prefix of every key the workers and beat write (a Redis shared with other applications)"),
     # --- time limits: one place, the chart passes the same numbers -----------------------------
     Field("task_soft_time_limit", int, 25 * 60, minimum=1),
     Field("task_time_limit", int, 30 * 60, minimum=1),
     Field("visibility_timeout", int, 3600, minimum=1,
           help="seconds before Redis redelivers an unacked task; must exceed task_time_limit"),
+    # --- redelivery: a task that kills its worker every time must not loop ----------------------
+    Field("max_deliveries", int, 3, minimum=1,
+          help="deliveries of one task id before it fails and its message is dead-lettered"),
+    Field("dead_letter_max_length", int, 10000, minimum=1,
+          help="length bound of each <queue>.dead list (the oldest items are dropped)"),
     # --- beat schedule (the guide's IMAGINEER_* variables) -------------------------------------
+    Field("beat.lock_timeout", int, 60, minimum=2,
+          help="seconds a dead beat holds RedBeat's lock; a second beat waits for it, never fires twice"),
     Field("maintenance_queue", str, "default", choices=QUEUES),
     Field("expected_queues", list, [],
           help="the queues this deployment consumes (the chart sets them); doctor checks these, empty: all four"),
@@ -120,6 +129,10 @@ class Settings(_Base):  # type: ignore[misc, valid-type]
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.attr) for f in FIELDS}
+
+    def key(self, name: str) -> str:
+        """A Redis key the workers write, under ``redis.key_prefix`` (kombu's ``global_keyprefix``)."""
+        return f"{self.redis_key_prefix}{name}"
 
     def diff(self, other: Settings) -> dict[str, tuple[Any, Any]]:
         """Keys whose value differs, as ``{key: (self value, other value)}``."""
@@ -233,6 +246,8 @@ def load_settings(environ: Mapping[str, str] | None = None, path: Path | None = 
             f"invalid visibility_timeout: {settings.visibility_timeout}s must exceed task_time_limit "
             f"({settings.task_time_limit}s), or Redis redelivers tasks that are still running"
         )
+    if any(c.isspace() or c in "*?[]" for c in settings.redis_key_prefix):
+        raise ConfigError(f"invalid redis.key_prefix: {settings.redis_key_prefix!r} has blanks or glob characters")
     if settings.redis_ca_cert and not Path(settings.redis_ca_cert).is_file():
         raise ConfigError(f"invalid redis.ca_cert: {settings.redis_ca_cert} is not a readable file")
     return settings

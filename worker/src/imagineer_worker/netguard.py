@@ -236,7 +236,7 @@ class FetchPolicy:
         if interval > 0:
             if redis_client is None:
                 raise ValueError("scraping.domain_interval_seconds > 0 needs a Redis client")
-            limiter = DomainRateLimiter(redis_client, interval)
+            limiter = DomainRateLimiter(redis_client, interval, prefix=settings.key(DomainRateLimiter.prefix))
         kwargs: dict[str, Any] = {
             "timeout": settings.scraping_timeout_seconds,
             "max_bytes": settings.scraping_max_response_bytes,

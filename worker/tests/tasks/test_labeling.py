@@ -1,4 +1,5 @@
-"""Labeling through a real labeling worker (prefork, concurrency 4): chord, captions, idempotence."""
+"""Labeling through a real labeling worker (prefork, concurrency 4): chord, captions, idempotence,
+and the image gate shared with scraping (allowed formats, pixel limit) on crafted files."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imagineer_worker.testing.fixture_site import make_png
+from imagineer_worker import images
+from imagineer_worker.testing.fixture_site import make_large_png, make_png
 from imagineer_worker.testing.services import CeleryProcess
 
 TIMEOUT = 60
@@ -158,3 +160,64 @@ def test_bad_requests_fail_without_retry(labeling_worker: CeleryProcess, celery_
         assert not result.retries
     assert "no scrape manifest" in str(unknown.result)
     assert labeling_worker.log().count(f"[{unknown.id}] received") == 1
+
+
+def test_decompression_bombs_are_item_errors_and_the_worker_keeps_consuming(
+        labeling_worker: CeleryProcess, celery_app: Any, data_dir: Path) -> None:
+    # Crafted in the test, streamed through zlib (never allocated as pixels): a real 30,000 x
+    # 30,000 bomb (~110 KB, 900 M pixels), one row over the worker's limit, and exactly at it.
+    width = 4096
+    at_limit, over_limit = (width, images.MAX_IMAGE_PIXELS // width), (width, images.MAX_IMAGE_PIXELS // width + 1)
+    dataset_id = f"bombs-{uuid.uuid4().hex[:8]}"
+    items = _write_dataset(data_dir, dataset_id, [
+        (make_large_png(30_000, 30_000), "a bomb"),
+        (make_large_png(*over_limit), "one row too many"),
+        (make_large_png(*at_limit), "exactly at the limit"),
+        (make_png((1, 2, 3), 32), "a small image"),
+    ])
+
+    result = _label(celery_app, dataset_id=dataset_id, batch_size=2)
+    summary = result.get(timeout=TIMEOUT)
+
+    assert result.state == "SUCCESS"
+    assert (summary["labeled"], summary["unlabeled"], summary["written"]) == (2, 0, 2)
+    errors = {e["sha256"]: e["error"] for e in summary["errors"]}
+    assert set(errors) == {items[0]["sha256"], items[1]["sha256"]}
+    limit = f"over the limit of {images.MAX_IMAGE_PIXELS:,} pixels per image"
+    assert errors[items[0]["sha256"]].startswith(f"ImageTooLarge: image is 30000x30000 pixels (900,000,000), {limit}")
+    assert errors[items[1]["sha256"]].startswith(
+        f"ImageTooLarge: image is {over_limit[0]}x{over_limit[1]} pixels")
+    manifest = json.loads((data_dir / summary["manifest"]).read_text())
+    sizes = {e["caption"]: (e["width"], e["height"]) for e in manifest["items"]}
+    assert sizes == {"exactly at the limit": at_limit, "a small image": (32, 32)}
+    for bomb in items[:2]:
+        assert not (data_dir / "labels" / dataset_id / "items" / f"{bomb['sha256']}.json").exists()
+
+    # Logged as a warning naming the size; the same worker then labels the next dataset.
+    log = labeling_worker.log()
+    assert any('"level": "WARNING"' in line and "30000x30000" in line and items[0]["file"] in line
+               for line in log.splitlines())
+    next_id = f"after-bombs-{uuid.uuid4().hex[:8]}"
+    _write_dataset(data_dir, next_id, [(make_png((7, 8, 9), 16), "next")])
+    after = _label(celery_app, dataset_id=next_id).get(timeout=TIMEOUT)
+    assert (after["labeled"], after["errors"]) == (1, [])
+    assert labeling_worker.proc is not None and labeling_worker.proc.poll() is None
+    assert "WorkerLostError" not in labeling_worker.log()
+
+
+def test_formats_off_the_scraping_allow_list_are_item_errors(labeling_worker: CeleryProcess, celery_app: Any,
+                                                             data_dir: Path) -> None:
+    # Labeling now accepts exactly what scraping accepts: a valid PPM or ICO never gets near Pillow's
+    # other plugins, while every allowed format is labeled as before.
+    dataset_id = f"formats-{uuid.uuid4().hex[:8]}"
+    items = _write_dataset(data_dir, dataset_id, [
+        (_image(1, 12, 10, "PPM"), "a ppm"), (_image(2, 16, 16, "ICO"), "an icon"),
+        *((_image(3 + i, 12, 10, fmt), fmt) for i, fmt in enumerate(("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"))),
+    ])
+    summary = _label(celery_app, dataset_id=dataset_id, batch_size=4).get(timeout=TIMEOUT)
+    errors = {e["sha256"]: e["error"] for e in summary["errors"]}
+    assert set(errors) == {items[0]["sha256"], items[1]["sha256"]}
+    assert all(e.startswith("InvalidImage: not a valid image: cannot identify image file") for e in errors.values())
+    manifest = json.loads((data_dir / summary["manifest"]).read_text())
+    assert {e["caption"]: e["format"] for e in manifest["items"]} == {
+        fmt: fmt for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")}

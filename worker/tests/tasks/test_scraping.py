@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
+from imagineer_worker import images
 from imagineer_worker.storage import read_json
 from imagineer_worker.tasks import scraping
 from imagineer_worker.tasks.base import InvalidPayload, validate
 from imagineer_worker.tasks.scraping import TASK_NAME, ScrapePayload, image_links, scrape_dataset
-from imagineer_worker.testing.fixture_site import CAPTIONS, FixtureSite, make_png
+from imagineer_worker.testing.fixture_site import CAPTIONS, FixtureSite, make_large_png, make_png
 from imagineer_worker.testing.services import CeleryProcess, wait_for
 
 TIMEOUT = 30
@@ -135,7 +136,7 @@ def test_image_check_lets_the_soft_time_limit_through(monkeypatch: pytest.Monkey
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise SoftTimeLimitExceeded()
 
-    monkeypatch.setattr(scraping.Image, "open", interrupted)
+    monkeypatch.setattr(images.Image, "open", interrupted)
     with pytest.raises(SoftTimeLimitExceeded):
         scraping.inspect_image(b"\x89PNG")
 
@@ -146,6 +147,21 @@ def test_image_check_rejects_non_images_and_unsafe_formats() -> None:
     with pytest.raises(ValueError, match="not a valid image"):  # EPS never reaches Ghostscript
         scraping.inspect_image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n")
     assert scraping.inspect_image(make_png((1, 2, 3), size=8)) == ("png", 8, 8)
+
+
+# Crafted images: a real 30,000 x 30,000 bomb (~110 KB of PNG, 900 M pixels), one row over the
+# worker's pixel limit, and exactly at it. Generated here, streamed: never allocated as pixels.
+LIMIT_WIDTH = 4096
+AT_LIMIT = (LIMIT_WIDTH, images.MAX_IMAGE_PIXELS // LIMIT_WIDTH)
+OVER_LIMIT = (LIMIT_WIDTH, images.MAX_IMAGE_PIXELS // LIMIT_WIDTH + 1)
+
+
+def test_image_check_refuses_images_over_the_pixel_limit() -> None:
+    for width, height in ((30_000, 30_000), OVER_LIMIT):
+        with pytest.raises(ValueError, match=rf"^image is {width}x{height} pixels .*over the limit of "
+                                             rf"{images.MAX_IMAGE_PIXELS:,} pixels"):
+            scraping.inspect_image(make_large_png(width, height))
+    assert scraping.inspect_image(make_large_png(*AT_LIMIT)) == ("png", *AT_LIMIT)
 
 
 # --- real workers ---------------------------------------------------------------------------------
@@ -235,3 +251,51 @@ def test_refused_page_fails_the_task_with_the_reason(scraping_workers: Any, cele
     assert fixture_site.hits == hits_before  # refused before connecting
     assert not (data_dir / "scrapes" / dataset_id).exists()
     assert strict.log().count(f"[{outcome.id}] received") == 1
+
+
+@pytest.fixture(scope="module")
+def crafted_images(fixture_site: FixtureSite) -> dict[str, str]:
+    """Serve the crafted images from the fixture site (its routes read ``images`` per request)."""
+    paths = {"bomb": "/crafted/bomb-30000.png", "over": "/crafted/over-limit.png",
+             "at": "/crafted/at-limit.png"}
+    sizes = {"bomb": (30_000, 30_000), "over": OVER_LIMIT, "at": AT_LIMIT}
+    for key, path in paths.items():
+        fixture_site.images[path] = make_large_png(*sizes[key])
+    return {key: fixture_site.base_url + path for key, path in paths.items()}
+
+
+def test_decompression_bombs_are_skipped_and_the_worker_keeps_consuming(
+        scraping_workers: Any, celery_app: Any, data_dir: Path, fixture_site: FixtureSite,
+        crafted_images: dict[str, str]) -> None:
+    normal, _ = scraping_workers
+    dataset_id = _dataset()
+    valid = f"{fixture_site.base_url}/img/2.png"
+    urls = [crafted_images["bomb"], crafted_images["over"], crafted_images["at"], valid]
+    outcome = _scrape(celery_app, dataset_id=dataset_id, urls=urls)
+    result = outcome.get(timeout=TIMEOUT)
+
+    # The bombs are rejected items, as any undecodable image is; the batch goes on.
+    assert outcome.state == "SUCCESS"
+    assert {k: result[k] for k in ("images", "new", "skipped")} == {"images": 2, "new": 2, "skipped": 2}
+    manifest = read_json(data_dir / result["manifest"])
+    limit = f"over the limit of {images.MAX_IMAGE_PIXELS:,} pixels per image"
+    reasons = {s["url"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {crafted_images["bomb"], crafted_images["over"]}
+    assert reasons[crafted_images["bomb"]].startswith("image is 30000x30000 pixels (900,000,000), " + limit)
+    assert reasons[crafted_images["over"]].startswith(f"image is {OVER_LIMIT[0]}x{OVER_LIMIT[1]} pixels")
+    assert limit in reasons[crafted_images["over"]]
+    items = {i["url"]: i for i in manifest["items"]}
+    assert (items[crafted_images["at"]]["width"], items[crafted_images["at"]]["height"]) == AT_LIMIT
+    assert (items[valid]["width"], items[valid]["height"]) == (64, 64)
+    assert len(list((data_dir / "scrapes" / dataset_id / "images").iterdir())) == 2  # no bomb stored
+
+    # Received once (not retried), logged as a warning naming the size, and the child survived:
+    # the same worker scrapes the next dataset.
+    assert normal.log().count(f"[{outcome.id}] received") == 1
+    warning = next(line for line in normal.log().splitlines()
+                   if '"level": "WARNING"' in line and "30000x30000" in line)
+    assert crafted_images["bomb"] in warning
+    after = _scrape(celery_app, dataset_id=_dataset(), urls=[valid]).get(timeout=TIMEOUT)
+    assert (after["images"], after["skipped"]) == (1, 0)
+    assert normal.proc is not None and normal.proc.poll() is None
+    assert "WorkerLostError" not in normal.log()

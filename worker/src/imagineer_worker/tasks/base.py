@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from celery import Task
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagineer_worker.config import get_settings
+from imagineer_worker.redelivery import Task
 from imagineer_worker.storage import DataDir, UnsafePathError
 
 M = TypeVar("M", bound=BaseModel)

@@ -7,8 +7,9 @@
 so the labeling queue's processes share the work while the caller's ``AsyncResult`` (same task
 id, kept by ``replace``) still yields the final summary.
 
-Each ``label_batch`` checks every image (Pillow ``verify`` and the sha256 recomputed from the
-file: a scrape may be corrupted on disk) and writes one record per image to
+Each ``label_batch`` checks every image (:func:`imagineer_worker.images.inspect_image`: the
+allowed formats, the pixel limit from the header, then Pillow ``verify``; and the sha256
+recomputed from the file: a scrape may be corrupted on disk) and writes one record per image to
 ``labels/<id>/items/<sha256>.json``. Records hold no timestamps, so re-labeling unchanged input
 finds an identical record and leaves the file alone ("unchanged"): re-runs are cheap and do not
 touch mtimes, which the purge's age rule reads. ``finalize_labels`` merges the records into
@@ -22,7 +23,6 @@ training manifest and are counted as ``unlabeled``.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -30,9 +30,9 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import group, shared_task
-from PIL import Image
 from pydantic import Field, field_validator
 
+from imagineer_worker import images
 from imagineer_worker.storage import (
     DataDir,
     UnsafePathError,
@@ -192,22 +192,27 @@ def label_dataset(self: ImagineerTask, **payload: Any) -> Any:
 
 
 def _inspect(data: DataDir, dataset_id: str, item: BatchItem) -> dict[str, Any]:
-    """Read and check one image; raises ``ValueError``/``OSError``-like errors for a bad item."""
+    """Read and check one image; raises ``ValueError``/``OSError``-like errors for a bad item.
+
+    A file that is not an allowed image, or declares more pixels than
+    ``images.MAX_IMAGE_PIXELS`` (a decompression bomb), raises ``images.InvalidImage`` /
+    ``images.ImageTooLarge`` before any pixel is decoded: the scrape may predate the limit, or the
+    file may have been placed in the data directory by other means.
+    """
     path = inside(data.scrape_dir(dataset_id), data.root / item.path)
     blob = path.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
     if digest != item.sha256:
         raise ValueError(f"sha256 mismatch: file has {digest}, manifest says {item.sha256}")
-    with Image.open(io.BytesIO(blob)) as img:
-        width, height = img.size
-        fmt, mode = img.format, img.mode
-        img.verify()  # structure and checksums, without decoding every pixel
+    # The same gate as scraping: allowed formats only, the header's size checked against the
+    # pixel limit before verify() (structure and checksums, without decoding every pixel).
+    info = images.inspect_image(blob)
     return {
         "image": path.relative_to(data.root.resolve()).as_posix(),
-        "width": width,
-        "height": height,
-        "format": fmt,
-        "mode": mode,
+        "width": info.width,
+        "height": info.height,
+        "format": info.format,
+        "mode": info.mode,
     }
 
 

@@ -61,7 +61,7 @@ class PurgePayload(Payload):
 def _mark_run(task: ImagineerTask, name: str) -> float:
     """Store the run time where ``doctor`` and the beat-liveness alert look for it."""
     now = time.time()
-    task.app.backend.client.set(LAST_RUN_KEY.format(name=name), f"{now:.3f}")
+    task.app.backend.client.set(get_settings().key(LAST_RUN_KEY.format(name=name)), f"{now:.3f}")
     return now
 
 

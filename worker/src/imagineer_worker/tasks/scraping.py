@@ -3,13 +3,14 @@
 Every request goes through :mod:`imagineer_worker.netguard` (SSRF checks, size and time limits,
 the per-domain rate limit shared through Redis). Files are named by content hash, so a re-run or
 a redelivered task (late acks) never duplicates an image: the manifest is merged, not replaced.
-One bad image is recorded in ``skipped``; only a bad payload or an unusable page fails the task.
+One bad image is recorded in ``skipped`` (an image over the pixel limit of
+:mod:`imagineer_worker.images` too, refused from its header before anything decodes it); only a
+bad payload or an unusable page fails the task.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -20,9 +21,9 @@ from urllib.parse import urljoin
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from PIL import Image
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from imagineer_worker import images
 from imagineer_worker.config import get_settings
 from imagineer_worker.netguard import FetchError, FetchPolicy, FetchRefused, fetch
 from imagineer_worker.storage import atomic_write_bytes, atomic_write_json, read_json, safe_id
@@ -33,10 +34,8 @@ log = logging.getLogger(__name__)
 TASK_NAME = "imagineer.scraping.scrape_dataset"
 MAX_URLS = 10_000
 MAX_URL_LENGTH = 8192
-# Pillow plugins we let near untrusted bytes: common raster formats only (no EPS/Ghostscript,
-# no exotic decoders).
-FORMATS: dict[str, str] = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
-                           "TIFF": "tiff"}
+# Pillow plugins we let near untrusted bytes, and their file extensions: shared with labeling.
+FORMATS = images.FORMATS
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 LOCK_SECONDS = 60
 
@@ -104,24 +103,15 @@ def image_links(html: str, page_url: str) -> list[tuple[str, str | None]]:
 
 
 def inspect_image(body: bytes) -> tuple[str, int, int]:
-    """``(extension, width, height)`` of a decodable raster image; raises ``ValueError`` otherwise.
+    """``(extension, width, height)`` of an allowed, decodable raster image; ``ValueError`` otherwise.
 
-    ``verify()`` checks the file's structure without decoding all pixels; the pixel count is
-    checked against Pillow's decompression-bomb limit before anything downstream decodes it.
+    :func:`imagineer_worker.images.inspect_image` does the work, so scraping and labeling accept
+    exactly the same images: the allow-listed formats, and at most ``images.MAX_IMAGE_PIXELS``
+    pixels, checked from the header before ``verify()`` or anything downstream decodes it
+    (``images.ImageTooLarge``, a ``ValueError``, names the size and the limit).
     """
-    try:
-        with Image.open(io.BytesIO(body), formats=list(FORMATS)) as img:
-            fmt, (width, height) = img.format or "", img.size
-            img.verify()
-    except SoftTimeLimitExceeded:
-        raise
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
-        raise ValueError(f"not a valid image: {exc or type(exc).__name__}") from None
-    if fmt not in FORMATS:
-        raise ValueError(f"unsupported image format {fmt or 'unknown'}")
-    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-        raise ValueError(f"{width}x{height} pixels exceeds the decompression-bomb limit")
-    return FORMATS[fmt], width, height
+    info = images.inspect_image(body)
+    return info.extension, info.width, info.height
 
 
 def _existing_manifest(path: Path) -> dict[str, Any] | None:
@@ -159,12 +149,12 @@ class _Scrape:
         self.new_files = 0
         self.skipped: list[dict[str, str]] = []
 
-    def skip(self, url: str, reason: str) -> None:
+    def skip(self, url: str, reason: str, *, level: int = logging.INFO) -> None:
         self.outcomes.setdefault(url, reason)
         self.skipped.append({"url": url, "reason": reason})
-        log.info("skipped %s: %s", url, reason,
-                 extra={"operation": "scrape", "dataset_id": self.payload.dataset_id, "url": url,
-                        "reason": reason})
+        log.log(level, "skipped %s: %s", url, reason,
+                extra={"operation": "scrape", "dataset_id": self.payload.dataset_id, "url": url,
+                       "reason": reason})
 
     def add(self, url: str, alt: str | None) -> None:
         """Fetch one candidate and record it as an item, a duplicate or a skip."""
@@ -186,6 +176,8 @@ class _Scrape:
             return self.skip(url, f"content type {response.content_type or 'missing'!r} is not image/*")
         try:
             ext, width, height = inspect_image(response.body)
+        except images.ImageTooLarge as exc:  # a likely decompression bomb: worth a warning
+            return self.skip(url, str(exc), level=logging.WARNING)
         except ValueError as exc:
             return self.skip(url, str(exc))
         sha = hashlib.sha256(response.body).hexdigest()
@@ -218,7 +210,7 @@ class _Scrape:
         """Merge with the manifest on disk under a Redis lock (two runs of one dataset may overlap)."""
         source = {"page_url": self.payload.page_url} if self.payload.page_url else {"urls": self.payload.urls}
         lock = self.task.app.backend.client.lock(
-            f"imagineer:lock:scrape:{self.payload.dataset_id}", timeout=LOCK_SECONDS,
+            get_settings().key(f"imagineer:lock:scrape:{self.payload.dataset_id}"), timeout=LOCK_SECONDS,
             blocking_timeout=LOCK_SECONDS)
         with lock:
             on_disk = _existing_manifest(self.manifest_path) or {}

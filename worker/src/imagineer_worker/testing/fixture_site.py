@@ -8,8 +8,10 @@ Routes: ``/gallery.html`` (``<img src alt>`` tags, one duplicate image), ``/img/
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -26,6 +28,25 @@ def make_png(color: tuple[int, int, int], size: int = 64) -> bytes:
         img.putpixel((i, i), (255, 255, 255))
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def make_large_png(width: int, height: int) -> bytes:
+    """A valid, fully decodable 1-bit black PNG of ``width x height``, built without a canvas.
+
+    For decompression-bomb tests: rows of zeros are streamed through zlib, so a 30,000 x 30,000
+    image (900 M pixels, gigabytes once decoded) costs one 4 KB row in memory and about 110 KB of
+    file, and the test process never allocates the image it describes.
+    """
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte "None", then the packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
 
 
 class _QuietServer(ThreadingHTTPServer):

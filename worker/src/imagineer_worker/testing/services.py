@@ -74,6 +74,8 @@ class RedisServer:
     tls: tuple[Path, Path, Path] | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # appended last, so they override the defaults above (e.g. ["--appendonly", "yes"])
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -93,6 +95,7 @@ class RedisServer:
                      "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         else:
             args += ["--port", str(self.port)]
+        args += self.extra_args
         log = open(self.workdir / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._listening, 10, f"redis-server on port {self.port}")

@@ -1,0 +1,91 @@
+"""A cap on redeliveries: a task that kills its worker every time fails instead of looping.
+
+``task_reject_on_worker_lost`` requeues a task whose prefork child died (SIGKILL, the OOM killer,
+a GPU fault), and the visibility timeout redelivers one whose whole worker died. Both are right
+once; for a job that kills its process every time they are an endless loop that also takes a
+worker down on each turn.
+
+kombu marks every message it puts back (``delivery_info.redelivered``). The worker's main
+process counts redeliveries per task id in Redis (``imagineer:deliveries:<id>``, expiring with the
+visibility timeout's horizon) before the task reaches the pool; first deliveries cost nothing. The
+delivery past ``max_deliveries`` is not run: the task is marked FAILURE with
+:class:`DeliveryLimitExceeded`, a ``task-failed`` event carries it to the exporter
+(``celery_task_failed_total{exception="DeliveryLimitExceeded"}``), the message goes to
+``<queue>.dead`` as it sat in the queue, and one ``operation=redelivery_cap`` line is logged.
+
+The hook is Celery's documented ``Task.Strategy``: :func:`capped_strategy` wraps the default
+strategy. Every task of the app gets it through :class:`Task` (the app's ``task_cls``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task as CeleryTask
+from celery.app.task import Context
+from celery.worker.strategy import default as default_strategy
+
+from imagineer_worker.config import get_settings
+from imagineer_worker.deadletter import dead_letter_message
+
+log = logging.getLogger(__name__)
+
+DELIVERIES_KEY = "imagineer:deliveries:{id}"
+
+
+class DeliveryLimitExceeded(RuntimeError):  # noqa: N818 - the exception name is what alerts match on
+    """The task was delivered more often than ``max_deliveries`` (its worker died each time)."""
+
+
+def count_delivery(app: Any, task_id: str) -> int:
+    """This delivery's number: 1 + redeliveries counted so far (kept as long as a redelivery can come)."""
+    settings = get_settings()
+    key = settings.key(DELIVERIES_KEY.format(id=task_id))
+    pipe = app.backend.client.pipeline(transaction=False)
+    pipe.incr(key).expire(key, 2 * settings.visibility_timeout + settings.task_time_limit)
+    redeliveries, _ = pipe.execute()
+    return int(redeliveries) + 1
+
+
+def capped_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
+    """Celery's default strategy, preceded by the delivery count of redelivered messages."""
+    handle = default_strategy(task, app, consumer, **kwargs)
+    dispatcher = consumer.event_dispatcher
+
+    def handle_capped(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+        info = message.delivery_info or {}
+        if info.get("redelivered"):
+            task_id = (message.headers or {}).get("id")
+            cap = get_settings().max_deliveries
+            if task_id and (delivery := count_delivery(app, task_id)) > cap:
+                refuse(task, message, task_id=task_id, delivery=delivery, cap=cap, dispatcher=dispatcher)
+                ack(log, consumer.connection_errors)
+                return None
+        return handle(message, body, ack, reject, callbacks, **kw)
+
+    return handle_capped
+
+
+def refuse(task: Any, message: Any, *, task_id: str, delivery: int, cap: int, dispatcher: Any) -> None:
+    """Fail the task for good and keep its message in the dead-letter list."""
+    exc = DeliveryLimitExceeded(
+        f"{task.name}[{task_id}] was delivered {delivery} times (max_deliveries={cap}): its worker process "
+        "died on every try; the message is kept in the dead-letter list"
+    )
+    headers = message.headers or {}
+    request = Context(id=task_id, task=task.name, args=headers.get("argsrepr"), kwargs=headers.get("kwargsrepr"),
+                      delivery_info=message.delivery_info, hostname=None, ignore_result=False)
+    task.backend.mark_as_failure(task_id, exc, request=request, call_errbacks=False)
+    # a replay from the dead-letter list after a fix starts counting afresh
+    task.backend.client.delete(get_settings().key(DELIVERIES_KEY.format(id=task_id)))
+    if dispatcher is not None and dispatcher.enabled:
+        dispatcher.send("task-failed", uuid=task_id, exception=repr(exc), traceback="")
+    dead_letter_message(message, str(exc), fresh=True, operation="redelivery_cap", task_id=task_id, task=task.name,
+                        deliveries=delivery)
+
+
+class Task(CeleryTask):  # type: ignore[misc]
+    """The app's base task class (``task_cls``): every task gets the redelivery cap."""
+
+    Strategy = f"{__name__}:capped_strategy"

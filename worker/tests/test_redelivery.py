@@ -1,0 +1,44 @@
+"""The redelivery cap: a task that kills its worker process on every try ends dead-lettered, not looping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imagineer_worker.redelivery import DELIVERIES_KEY, DeliveryLimitExceeded
+from imagineer_worker.testing.services import wait_for
+from tests.test_transport import _dead, _log_events
+
+SLOW = ["--include=tests.support.slow_tasks"]
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_a_task_that_kills_its_child_every_time_fails_at_the_cap(workers, celery_app, redis_server, cap):
+    client = redis_server.client()
+    w = workers("default", env={"IMAGINEER_MAX_DELIVERIES": str(cap)}, extra_args=SLOW)
+    doomed = celery_app.send_task("tests.die", queue="default")
+    with pytest.raises(DeliveryLimitExceeded, match=rf"delivered {cap + 1} times \(max_deliveries={cap}\)"):
+        doomed.get(timeout=120)
+    assert int(client.get(f"tests:runs:{doomed.id}")) == cap  # it ran exactly `cap` times
+
+    [kept] = [json.loads(raw) for raw in _dead(redis_server)]  # the message, as it sat in the queue
+    assert kept["headers"]["id"] == doomed.id and kept["headers"]["task"] == "tests.die"
+    [event] = _log_events(w, "redelivery_cap")
+    assert (event["task_id"], event["deliveries"], event["queue"]) == (doomed.id, cap + 1, "default")
+    assert client.get(DELIVERIES_KEY.format(id=doomed.id)) is None  # a replay after a fix counts afresh
+
+    # the worker survived every kill and runs the next task
+    assert celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default").get(timeout=60) == "done"
+    assert w.proc.poll() is None
+
+
+def test_a_replayed_dead_letter_runs_again_with_a_fresh_count(workers, celery_app, redis_server):
+    client = redis_server.client()
+    workers("default", env={"IMAGINEER_MAX_DELIVERIES": "1"}, extra_args=SLOW)
+    doomed = celery_app.send_task("tests.die", queue="default")
+    with pytest.raises(DeliveryLimitExceeded):
+        doomed.get(timeout=120)
+    client.lmove("default.dead", "default", "LEFT", "LEFT")  # the documented replay
+    wait_for(lambda: int(client.get(f"tests:runs:{doomed.id}") or 0) == 2, 60, "the replayed task to run again")
+    wait_for(lambda: client.llen("default.dead") == 1, 60, "the replay to be dead-lettered again")

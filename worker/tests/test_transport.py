@@ -1,0 +1,184 @@
+"""Queue content a worker must survive: poison items, wrong-typed keys, refused messages, a key prefix.
+
+Each end-to-end test pushes the bad content while a real worker runs, then proves the worker still
+consumes (a real task sent after it completes) and that nothing looped (the dead-letter list holds
+each item exactly once).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import uuid
+
+import kombu
+import pytest
+from kombu.transport import redis as kombu_redis
+
+from imagineer_worker import transport
+from imagineer_worker.celery_app import create_app
+from imagineer_worker.config import load_settings
+from imagineer_worker.testing.services import wait_for
+
+SLOW = ["--include=tests.support.slow_tasks"]
+
+# Every malformed shape we could think of: not UTF-8, not JSON, JSON that is not a message object,
+# objects missing or mistyping each field kombu's virtual Message and the Redis QoS read.
+_PROPS = {"delivery_tag": "t", "delivery_info": {"exchange": "", "routing_key": "default"}, "body_encoding": "base64"}
+POISON: dict[str, bytes] = {
+    "plain text": b"hello, not a message",
+    "empty": b"",
+    "not utf-8": b"\xff\xfe\x00garbage",
+    "json number": b"42",
+    "json string": b'"a string"',
+    "json null": b"null",
+    "json array": b'[1, 2, {"properties": {}}]',
+    "empty object": b"{}",
+    "truncated json": b'{"body": "eyJ',
+    "properties not an object": json.dumps({"body": "", "properties": "x"}).encode(),
+    "no delivery tag": json.dumps({"body": "", "properties": {"delivery_info": _PROPS["delivery_info"]}}).encode(),
+    "delivery tag not a string": json.dumps({"body": "", "properties": {**_PROPS, "delivery_tag": 7}}).encode(),
+    "no delivery info": json.dumps({"body": "", "properties": {"delivery_tag": "t"}}).encode(),
+    "no routing key": json.dumps({"body": "", "properties": {**_PROPS, "delivery_info": {"exchange": ""}}}).encode(),
+    "headers not an object": json.dumps({"body": "", "headers": [], "properties": _PROPS}).encode(),
+    "body not a string": json.dumps({"body": {"a": 1}, "properties": _PROPS}).encode(),
+    "body not base64": json.dumps({"body": "!!!not base64!!!", "properties": _PROPS}).encode(),
+    "content-type not a string": json.dumps({"body": "", "content-type": 1, "properties": _PROPS}).encode(),
+    "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+}
+
+
+def _dead(redis_server, queue: str = "default", prefix: str = "") -> list[bytes]:
+    return list(reversed(redis_server.client().lrange(f"{prefix}{queue}.dead", 0, -1)))
+
+
+def _log_events(worker, operation: str) -> list[dict]:
+    events = []
+    for line in worker.log().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("operation") == operation:
+            events.append(entry)
+    return events
+
+
+@pytest.mark.parametrize("shape", sorted(POISON))
+def test_each_malformed_shape_is_named(shape):
+    assert transport.message_problem(POISON[shape])
+
+
+def test_a_real_message_passes_the_screen(celery_app, redis_server):
+    queue = f"screen-{uuid.uuid4().hex[:8]}"
+    celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue=queue)
+    celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue=queue, priority=6)  # priority sub-list
+    raws = [raw for key in (queue, f"{queue}\x06\x166") for raw in redis_server.client().lrange(key, 0, -1)]
+    assert len(raws) == 2
+    assert [transport.message_problem(raw) for raw in raws] == [None, None]
+
+
+def test_the_hook_is_on_the_path_kombu_consumes_by(celery_app):
+    """Fails when a kombu upgrade reads BRPOP replies another way, or stops using our classes."""
+    for url, cls in (("redis://127.0.0.1:1/0", transport.Transport), ("rediss://127.0.0.1:1/0", transport.Transport),
+                     ("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2", transport.SentinelTransport)):
+        assert kombu.Connection(url).transport_cls and type(kombu.Connection(url).transport) is cls
+    source = inspect.getsource(kombu_redis.Channel._brpop_read)
+    assert "self.client.parse_response(" in source and "loads(" in source
+    assert "self.Client(" in inspect.getsource(kombu_redis.Channel._create_client)
+    with celery_app.connection_for_read() as conn:
+        channel = conn.default_channel
+        assert isinstance(channel, transport.Channel)
+        assert channel.handlers["BRPOP"].__func__ is transport.Channel._brpop_read
+        assert isinstance(channel.client, transport.ScreenedRedis)
+
+
+def test_poison_items_are_dead_lettered_once_and_the_worker_keeps_consuming(workers, celery_app, redis_server):
+    w = workers("default", extra_args=SLOW)
+    client = redis_server.client()
+    results = []
+    for raw in POISON.values():  # interleaved with real tasks, pushed while the worker runs
+        client.lpush("default", raw)
+        results.append(celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default"))
+    assert [r.get(timeout=60) for r in results] == ["done"] * len(POISON)
+    wait_for(lambda: len(_dead(redis_server)) == len(POISON), 30, "every poison item in default.dead")
+    assert sorted(_dead(redis_server)) == sorted(POISON.values())  # byte for byte, each once
+    events = _log_events(w, "dead_letter")
+    assert len(events) == len(POISON)
+    assert {e["queue"] for e in events} == {"default"} and all(e["dead_letter_list"] == "default.dead" for e in events)
+    assert {e["size"] for e in events} == {len(raw) for raw in POISON.values()}
+    assert client.llen("default") == 0 and w.proc.poll() is None
+
+
+def test_the_dead_letter_list_is_bounded(workers, celery_app, redis_server):
+    workers("default", env={"IMAGINEER_DEAD_LETTER_MAX_LENGTH": "3"}, extra_args=SLOW)
+    for i in range(5):
+        redis_server.client().lpush("default", f"junk {i}".encode())
+    celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default").get(timeout=60)
+    assert _dead(redis_server) == [b"junk 2", b"junk 3", b"junk 4"]  # the newest three, oldest first
+
+
+def test_wrong_typed_queue_key_sets_only_that_queue_aside_until_fixed(workers, celery_app, redis_server):
+    client = redis_server.client()
+    w = workers("default,labeling", extra_args=SLOW)
+    client.hset("labeling", "not", "a list")  # while the worker runs
+    first = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default")
+    assert first.get(timeout=60) == "done"
+    wait_for(lambda: _log_events(w, "queue_key_type"), 30, "the wrong-type log line")
+    [event] = _log_events(w, "queue_key_type")
+    assert (event["key"], event["type"], event["queue"], event["status"]) == ("labeling", "hash", "labeling", "set_aside")
+    assert "DEL or RENAME" in event["message"]
+    for _ in range(3):  # still consuming its other queue, and the line is not repeated
+        assert celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default").get(timeout=60) == "done"
+    assert len(_log_events(w, "queue_key_type")) == 1
+
+    client.delete("labeling")  # the fix: the worker resumes by itself
+    late = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="labeling")
+    assert late.get(timeout=transport.RECHECK_SECONDS + 60) == "done"
+    assert [e["status"] for e in _log_events(w, "queue_key_type")] == ["set_aside", "resumed"]
+    assert w.proc.poll() is None
+
+
+def test_a_worker_starts_although_one_of_its_queue_keys_has_the_wrong_type(workers, celery_app, redis_server):
+    redis_server.client().set("labeling", "a string")
+    w = workers("default,labeling", extra_args=SLOW)  # ready: it did not exit at start-up
+    assert celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default").get(timeout=60) == "done"
+    wait_for(lambda: _log_events(w, "queue_key_type"), 30, "the wrong-type log line")
+    assert _log_events(w, "queue_key_type")[0]["type"] == "string"
+
+
+def test_messages_celery_refuses_are_kept_in_the_dead_letter_list(workers, celery_app, redis_server):
+    w = workers("default", extra_args=SLOW)
+    unknown = celery_app.send_task("tests.no_such_task", queue="default")
+    with kombu.Connection(redis_server.url) as conn:  # pickle: a remote-code-execution vector, never run
+        conn.Producer().publish({"seconds": 0}, routing_key="default", serializer="pickle",
+                                headers={"task": "tests.sleep", "id": str(uuid.uuid4()), "lang": "py"})
+    after = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default")
+    assert after.get(timeout=60) == "done"
+    wait_for(lambda: len(_dead(redis_server)) == 2, 30, "both refused messages in default.dead")
+    kept = [json.loads(raw) for raw in _dead(redis_server)]
+    assert kept[0]["headers"]["id"] == unknown.id
+    assert kept[1]["content-type"] == "application/x-python-serialize"
+    reasons = [e["reason"] for e in _log_events(w, "dead_letter")]
+    assert "not registered" in reasons[0] and "ContentDisallowed" in reasons[1]
+
+
+def test_key_prefix_covers_every_key_the_worker_writes(workers, redis_server):
+    prefix = "shared-app1:"
+    env = {"IMAGINEER_REDIS_KEY_PREFIX": prefix}
+    app = create_app(load_settings(environ={**_base_env(), **env}))
+    client = redis_server.client()
+    w = workers("default", env=env, extra_args=SLOW)
+    client.lpush(f"{prefix}default", b"junk")
+    assert app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default").get(timeout=60) == "done"
+    assert app.send_task("imagineer.maintenance.record_disk_usage", queue="default").get(timeout=60)
+    wait_for(lambda: _dead(redis_server, prefix=prefix) == [b"junk"], 30, "the poison item in the prefixed dead list")
+    keys = [k.decode() for k in client.keys("*")]
+    assert keys and all(k.startswith(prefix) for k in keys), sorted(keys)
+    assert w.proc.poll() is None
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith(("CELERY_", "IMAGINEER_"))}
