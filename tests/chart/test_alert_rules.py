@@ -22,12 +22,14 @@ from tests.chart.promtool import check_rules, test_rules, write_yaml
 
 RULE_TEMPLATE = "templates/monitoring/prometheusrule.yaml"
 ALERTS = ("ImagineerQueueBacklog", "ImagineerTrainingIdle", "ImagineerBeatMissedRun",
-          "ImagineerQueueWithoutWorkers", "ImagineerTaskFailureRate")
+          "ImagineerQueueWithoutWorkers", "ImagineerTaskFailureRate", "ImagineerDeadLetters")
 
 TRAIN = "imagineer.training.train_lora"
 DISK = "imagineer.maintenance.record_disk_usage"
 SCRAPE = "imagineer.scraping.scrape_dataset"
 QUEUES = ("default", "labeling", "scraping", "training")  # consumed by the default worker groups
+# Their dead-letter lists, in the exporter's --queues too: LLEN every scrape, 0 workers (nobody consumes them).
+DEAD = tuple(f"{q}.dead" for q in QUEUES)
 
 CAMPAIGN_DAY_1 = {"name": "day-1", "start": "1970-01-01T00:00:00Z", "end": "1970-01-02T00:00:00Z"}
 
@@ -156,9 +158,10 @@ def test_every_alert_has_routing_labels_and_runbook(rules):
 def test_severities_runbook_and_extra_labels_come_from_values(rules):
     by_alert = rules(rule_values(
         runbookUrl="https://runbooks.example.com/imagineer", additionalLabels={"team": "ml-platform"},
-        queueLength={"severity": "warning"}, beat={"severity": "info"}))
+        queueLength={"severity": "warning"}, beat={"severity": "info"}, deadLetters={"severity": "critical"}))
     assert by_alert["ImagineerQueueBacklog"]["labels"]["severity"] == "warning"
     assert by_alert["ImagineerBeatMissedRun"]["labels"]["severity"] == "info"
+    assert by_alert["ImagineerDeadLetters"]["labels"]["severity"] == "critical"
     for name, rule in by_alert.items():
         assert rule["labels"]["team"] == "ml-platform", name
         assert rule["annotations"]["runbook_url"] == f"https://runbooks.example.com/imagineer#{name.lower()}"
@@ -167,7 +170,7 @@ def test_severities_runbook_and_extra_labels_come_from_values(rules):
 def test_each_alert_can_be_switched_off(rules):
     for key, alert in (("queueLength", "ImagineerQueueBacklog"), ("trainingIdle", "ImagineerTrainingIdle"),
                        ("beat", "ImagineerBeatMissedRun"), ("workersDown", "ImagineerQueueWithoutWorkers"),
-                       ("taskFailures", "ImagineerTaskFailureRate")):
+                       ("taskFailures", "ImagineerTaskFailureRate"), ("deadLetters", "ImagineerDeadLetters")):
         by_alert = rules(rule_values(**{key: {"enabled": False}}))
         assert set(by_alert) == set(ALERTS) - {alert}
 
@@ -207,6 +210,18 @@ def _backlog(queue: str, severity: str = "critical") -> dict[str, str]:
                  {'celery_queue_length{queue_name="training"}': "26x30",
                   'celery_queue_length{queue_name="scraping"}': "26x30"},
                  {"16m": [fires(_backlog("training", "warning"), 26)]}, id="queues-and-severity-from-values"),
+    pytest.param(None, {'celery_queue_length{queue_name="scraping.dead"}': "500x40",
+                        'celery_queue_length{queue_name="labeling.dead"}': "500x40"},
+                 {"16m": [], "30m": []}, id="dead-letter-lists-never-fire"),
+    pytest.param(rule_values(queueLength={"queues": ["default"]}),
+                 {'celery_queue_length{queue_name="default.dead"}': "500x40",
+                  'celery_queue_length{queue_name="default"}': "3x40"},
+                 {"16m": [], "30m": []}, id="dead-letter-list-of-a-watched-queue-never-fires"),
+    # a dead-letter list named in the values is still left out: it has its own alert
+    pytest.param(rule_values(queueLength={"queues": ["scraping", "scraping.dead"]}),
+                 {'celery_queue_length{queue_name="scraping.dead"}': "500x40",
+                  'celery_queue_length{queue_name="scraping"}': "26x40"},
+                 {"16m": [fires(_backlog("scraping"), 26)]}, id="dead-letter-list-in-values-left-out"),
 ])
 def test_queue_backlog(rules, tmp_path, values, series, checks):
     by_alert = rules(values)
@@ -357,6 +372,12 @@ def _down(queue: str) -> dict[str, str]:
     pytest.param(rule_values(workersDown={"severity": "warning"}), _workers(scraping="0x40"),
                  {"6m": [{"labels": {**_down("scraping"), "severity": "warning"}, "value": None}]},
                  id="severity-from-values"),
+    # what the exporter reports for the dead-letter lists in its --queues: 0 workers, always
+    pytest.param(None, {**_workers(), **{f'celery_active_worker_count{{queue_name="{d}"}}': "0x40" for d in DEAD}},
+                 {"6m": [], "30m": []}, id="dead-letter-lists-never-fire"),
+    pytest.param(None, {**_workers(training="0x40"),
+                        **{f'celery_active_worker_count{{queue_name="{d}"}}': "0x40" for d in DEAD}},
+                 {"6m": [fires(_down("training"))]}, id="dead-letter-lists-next-to-an-unconsumed-queue"),
 ])
 def test_queue_without_workers(rules, tmp_path, values, series, checks):
     by_alert = rules(values)
@@ -368,6 +389,10 @@ def test_queue_without_workers_follows_the_enabled_groups(rules, tmp_path):
     promtool_test(by_alert[DOWN], _workers(scraping=""), {"10m": []}, tmp_path)
     by_alert = rules({"exporter": {"extraQueues": ["exports"]}})
     promtool_test(by_alert[DOWN], _workers(), {"10m": [fires(_down("exports"))]}, tmp_path)
+    # a dead-letter list named in extraQueues is reported, but never "without workers"
+    by_alert = rules({"exporter": {"extraQueues": ["exports", "exports.dead"]}})
+    promtool_test(by_alert[DOWN], _workers(exports="1x40"), {"10m": []}, tmp_path)
+    assert "dead" not in by_alert[DOWN]["expr"].replace(r'queue_name!~".+\\.dead"', "")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -416,6 +441,10 @@ def _onset(succeeded_per_min: int, failed_per_min: int, at: int = 20) -> dict[st
                  id="for-from-values"),
     pytest.param(rule_values(taskFailures={"minFailures": 50}), _rates(10, 2), {"35m": [], "55m": []},
                  id="min-failures-from-values"),
+    # tasks past config.maxDeliveries: a task-failed event with repr(DeliveryLimitExceeded(...)), which the
+    # exporter labels exception="DeliveryLimitExceeded" (one such task so far, then 2 a minute from 20 m)
+    pytest.param(None, {**_rates(10, 0), _counter("failed", "DeliveryLimitExceeded"): "1x20 1+2x60"},
+                 {"35m": [], "41m": [_fail(2 / 12)]}, id="delivery-limit-exceeded-counts"),
 ])
 def test_task_failure_rate(rules, tmp_path, values, series, checks):
     by_alert = rules(values)
@@ -430,3 +459,58 @@ def test_task_failure_rate_counts_the_first_failure_of_a_new_series(rules, tmp_p
               _counter("failed", "", host="scraping@pod-new"): "_x4 0x40",
               _counter("failed", "ConnectionError", host="scraping@pod-new"): "_x5 1 2 3x40"}
     promtool_test(by_alert[FAIL], series, {"18m": [_fail(1.0)]}, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ImagineerDeadLetters: a dead-letter list <queue>.dead non-empty for `for`
+
+DEAD_LETTERS = "ImagineerDeadLetters"
+
+
+def _dead(queue: str = "default", **override: str) -> dict[str, str]:
+    """celery_queue_length of every queue and its dead-letter list as the exporter reports them (0 each)."""
+    lengths = {q: "0x40" for q in (*QUEUES, *DEAD)} | {f"{queue}.dead": "0x40"} | override
+    return {f'celery_queue_length{{queue_name="{q}"}}': v for q, v in lengths.items() if v}
+
+
+def _dead_fires(queue: str, value: float, severity: str = "warning") -> dict[str, Any]:
+    return fires({"queue_name": f"{queue}.dead", "queue": queue, "severity": severity}, value)
+
+
+@pytest.mark.parametrize(("values", "series", "checks"), [
+    pytest.param(None, _dead(), {"15m": [], "30m": []}, id="empty-lists-never-fire"),
+    pytest.param(None, _dead(**{"default.dead": "0x4 3x40"}),
+                 {"10m": [], "14m": [], "15m": [fires({"queue_name": "default.dead", "queue": "default",
+                                                       "severity": "warning"}, 3)]},
+                 id="non-empty-default-dead-fires-after-for"),
+    pytest.param(None, _dead(**{"training.dead": "0x4 1+1x40"}),
+                 {"14m": [], "15m": [_dead_fires("training", 11)], "25m": [_dead_fires("training", 21)]},
+                 id="growing-list-fires-with-its-length"),
+    pytest.param(None, _dead(**{"scraping.dead": "0x4 2x8 0x30"}),
+                 {"10m": [], "15m": [], "30m": []}, id="replayed-within-for-never-fires"),
+    pytest.param(None, _dead(**{"scraping.dead": "2x20 0x20"}),
+                 {"15m": [_dead_fires("scraping", 2)], "21m": []}, id="resolves-once-replayed"),
+    pytest.param(None, _dead(**{"default": "500x40", "scraping": "500x40"}), {"15m": [], "30m": []},
+                 id="queue-backlog-is-not-a-dead-letter"),
+    pytest.param(None, _dead(**{"default.dead": "1x40", "labeling.dead": "4x40"}),
+                 {"15m": [_dead_fires("default", 1), _dead_fires("labeling", 4)]}, id="one-alert-per-list"),
+    pytest.param(None, {'celery_queue_length{queue_name="exports.dead"}': "2x40"},
+                 {"15m": [_dead_fires("exports", 2)]}, id="any-dead-letter-list-the-exporter-reports"),
+    pytest.param(rule_values(deadLetters={"for": "30m", "severity": "critical"}), _dead(**{"default.dead": "1x40"}),
+                 {"15m": [], "29m": [], "30m": [_dead_fires("default", 1, "critical")]},
+                 id="for-and-severity-from-values"),
+])
+def test_dead_letters(rules, tmp_path, values, series, checks):
+    by_alert = rules(values)
+    promtool_test(by_alert[DEAD_LETTERS], series, checks, tmp_path)
+
+
+def test_dead_letters_says_what_to_do(rules):
+    rule = rules(_merge(rule_values(), {"config": {"maxDeliveries": 5, "deadLetterMaxLength": 250}}))[DEAD_LETTERS]
+    description = " ".join(rule["annotations"]["description"].split())
+    for text in ("LRANGE {{ $labels.queue_name }} 0 9", "LMOVE {{ $labels.queue_name }} {{ $labels.queue }} LEFT LEFT",
+                 "imagineer-workers doctor", 'celery_task_failed_total{exception="DeliveryLimitExceeded"}',
+                 "config.maxDeliveries (5)", "at most 250 messages", "broker.keyPrefix"):
+        assert text in description, text
+    assert rule["labels"]["queue"] == "{{ $labels.queue }}"
+    assert rule["annotations"]["runbook_url"].endswith("#imagineerdeadletters")

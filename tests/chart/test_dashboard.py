@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.chart.helm import CHART, by_kind, render_chart
-from tests.chart.promtool import check_rules, write_yaml
+from tests.chart.promtool import check_rules, test_rules, write_yaml
 
 DASHBOARD = CHART / "dashboards" / "imagineer-workers.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -24,6 +24,11 @@ METRICS = {
 # Grafana's global variables that may appear in a query, with a concrete value for promtool.
 GLOBALS = {"__rate_interval": "2m", "__interval": "1m", "__range": "6h"}
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+# The workers' dead-letter lists <queue>.dead are in the exporter's --queues: never consumed, so the
+# queue and worker panels leave them out and one panel shows only them.
+NOT_DEAD = r'queue_name!~".+\\.dead"'
+ONLY_DEAD = r'queue_name=~"$queue\\.dead"'
+PER_QUEUE = ("celery_queue_length", "celery_active_worker_count", "celery_active_process_count")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +141,7 @@ def test_every_query_filters_on_the_selected_scope(dashboard):
         for metric in re.findall(r"\b(celery_\w+)", expr):
             assert re.search(rf"\b{metric}\{{", expr), f"{where}: {metric} without a selector"
         if "queue_name" in expr or "celery_queue_length" in expr or "celery_task_" in expr:
-            assert 'queue_name=~"$queue"' in expr, where
+            assert 'queue_name=~"$queue"' in expr or ONLY_DEAD in expr, where
 
 
 def test_required_panels(dashboard):
@@ -185,3 +190,49 @@ def test_chart_ships_the_dashboard_for_the_grafana_sidecar(dashboard):
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["imagineer-workers.json"]) == dashboard
     assert not [o for o in render_chart() if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+
+
+def _per_queue_queries(dashboard):
+    return [(where, expr) for where, expr in _queries(dashboard)
+            if not where.startswith("variable") and any(f"{m}{{" in expr for m in PER_QUEUE)]
+
+
+def test_queue_panels_leave_out_the_dead_letter_lists(dashboard):
+    """A dead-letter list is never consumed: no queue length, worker count or queue choice includes one."""
+    queue_variable = _variables(dashboard)["queue"]["query"]["query"]
+    assert NOT_DEAD in _label_values(queue_variable)[0]
+    dead_panels = []
+    for where, expr in _per_queue_queries(dashboard):
+        selectors = re.findall(r"celery_\w+\{([^}]*)\}", expr)
+        if ONLY_DEAD in expr:
+            dead_panels.append(where)
+            assert all(ONLY_DEAD in s and "celery_queue_length" in expr for s in selectors), where
+        else:
+            assert all(NOT_DEAD in s for s in selectors), where
+    assert len(dead_panels) == 1 and "Dead-letter lists" in dead_panels[0], dead_panels
+
+
+def test_queue_panels_evaluate_without_the_dead_letter_lists(dashboard, tmp_path: Path):
+    """Each per-queue query, run by promtool with "All" queues on a queue and its dead-letter list.
+
+    count() proves a ``sum by (queue_name)`` keeps one queue, sum() that no dead-letter count is added.
+    """
+    scope = 'namespace="imagineer", job="imagineer-workers-exporter"'
+    values = {"celery_queue_length": (2, 5), "celery_active_worker_count": (1, 0),
+              "celery_active_process_count": (3, 0)}  # (default, default.dead) as the exporter reports them
+    series = [{"series": f'{m}{{{scope}, queue_name="{q}"}}', "values": f"{v}x10"}
+              for m, (live, dead) in values.items() for q, v in (("default", live), ("default.dead", dead))]
+    all_queues = {"namespace": "imagineer", "job": "imagineer-workers-exporter", "queue": ".*"}
+    tests = []
+    for _where, expr in _per_queue_queries(dashboard):
+        query = VARIABLE.sub(lambda m: all_queues[next(g for g in m.groups() if g)], expr)
+        metric = next(m for m in PER_QUEUE if f"{m}{{" in expr)
+        expected = values[metric][1] if ONLY_DEAD in expr else values[metric][0]
+        tests += [{"expr": f"count({query})", "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": 1}]},
+                  {"expr": f"sum({query})", "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": expected}]}]
+    assert len(tests) >= 8  # four queries: queued tasks, queue length, workers per queue (2), dead letters
+    test_file = write_yaml(tmp_path / "test.yaml", {
+        "rule_files": [], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]})
+    proc = test_rules(test_file)
+    assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}{proc.stderr}\n{test_file.read_text()}"

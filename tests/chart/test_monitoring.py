@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 
-from tests.chart.helm import REPO, by_kind, container, render_chart, worker_groups
+import pytest
+
+from tests.chart.helm import REPO, by_kind, container, env_of, render_chart, worker_groups
 
 PREFIX = "release-imagineer-workers"
 ALERTS = ["ImagineerQueueBacklog", "ImagineerTrainingIdle", "ImagineerBeatMissedRun",
-          "ImagineerQueueWithoutWorkers", "ImagineerTaskFailureRate"]
+          "ImagineerQueueWithoutWorkers", "ImagineerTaskFailureRate", "ImagineerDeadLetters"]
 
 
 def test_prod_renders_exporter_service_monitor_rules_and_dashboard():
     objects = render_chart(values_file="prod")
     exporter = by_kind(objects, "Deployment")[f"{PREFIX}-exporter"]
     args = container(exporter)["args"]
-    assert "--queues=default,labeling,scraping,training" in args
+    assert ("--queues=default,default.dead,labeling,labeling.dead,scraping,scraping.dead,training,training.dead"
+            in args)
     assert not [a for a in args if "ssl" in a]  # TLS is the launcher's call, from the URL's scheme
     # The CA path handed to the launcher lies inside the mounted CA Secret.
     env = {e["name"]: e.get("value") for e in container(exporter)["env"]}
@@ -48,11 +51,11 @@ def test_prod_renders_exporter_service_monitor_rules_and_dashboard():
     assert json.loads(dashboard["data"]["imagineer-workers.json"])["panels"]
 
 
-def test_every_runbook_anchor_exists_in_the_readme_troubleshooting_section():
+@pytest.mark.parametrize("alert", ALERTS)
+def test_every_runbook_anchor_exists_in_the_readme_troubleshooting_section(alert):
     readme = (REPO / "README.md").read_text()
     troubleshooting = readme[readme.index("## Troubleshooting"):]
-    for alert in ALERTS:
-        assert f"### {alert}" in troubleshooting, alert
+    assert f"### {alert}" in troubleshooting, alert
 
 
 def test_staging_has_flower_from_an_existing_secret_and_no_alerts():
@@ -79,4 +82,26 @@ def test_flower_with_credentials_renders_deployment_service_secret_and_ingress()
 def test_exporter_queue_list_follows_the_enabled_groups():
     objects = render_chart(values_file="staging")
     args = container(by_kind(objects, "Deployment")[f"{PREFIX}-exporter"])["args"]
-    assert "--queues=default,labeling,scraping" in args
+    assert "--queues=default,default.dead,labeling,labeling.dead,scraping,scraping.dead" in args
+
+
+@pytest.mark.parametrize("values_file", [None, "staging", "prod"])
+def test_exporter_reports_each_consumed_queue_and_its_dead_letter_list(values_file):
+    """--queues = the queues the workers consume (IMAGINEER_EXPECTED_QUEUES) and each one's <queue>.dead."""
+    objects = render_chart(values_file=values_file)
+    consumed = {q for group in worker_groups(objects).values()
+                for q in env_of(group)["IMAGINEER_EXPECTED_QUEUES"].split(",")}
+    args = container(by_kind(objects, "Deployment")[f"{PREFIX}-exporter"])["args"]
+    queues = next(a for a in args if a.startswith("--queues=")).removeprefix("--queues=").split(",")
+    assert len(queues) == len(set(queues))
+    assert set(queues) == consumed | {f"{q}.dead" for q in consumed}, queues
+
+
+def test_prod_queue_and_worker_alerts_leave_the_dead_letter_lists_out():
+    rule = by_kind(render_chart(values_file="prod"), "PrometheusRule")[PREFIX]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    not_dead = r'queue_name!~".+\\.dead"'
+    for name in ("ImagineerQueueBacklog", "ImagineerQueueWithoutWorkers"):
+        assert not_dead in alerts[name]["expr"], name
+        assert ".dead" not in alerts[name]["expr"].replace(not_dead, ""), name
+    assert r'celery_queue_length{queue_name=~".+\\.dead"}' in alerts["ImagineerDeadLetters"]["expr"]

@@ -56,7 +56,8 @@ def test_the_exporter_reads_queues_under_the_prefix_and_labels_them_without_it()
     option = next(a for a in args if a.startswith("--broker-transport-option=global_keyprefix="))
     # The exporter json-decodes an option value: a JSON string stays the prefix, whatever it looks like.
     assert json.loads(option.split("=", 2)[2]) == "imgw-7f3a:"
-    assert "--queues=default,labeling,scraping,training" in args
+    # the dead-letter lists too: the workers write <prefix><queue>.dead, the exporter's LLEN adds the prefix
+    assert "--queues=default,default.dead,labeling,labeling.dead,scraping,scraping.dead,training,training.dead" in args
 
 
 def test_the_alerts_do_not_change_with_the_key_prefix():

@@ -88,8 +88,15 @@ class Fleet:
         from imagineer_worker.config import load_settings
 
         env = {"CELERY_BROKER_URL": self.redis.url, "CELERY_RESULT_BACKEND": self.redis.url,
-               "IMAGINEER_HEALTH_DIR": str(self.data_dir.parent / "client-health")}
+               "IMAGINEER_HEALTH_DIR": str(self.data_dir.parent / "client-health"),
+               "IMAGINEER_REDIS_KEY_PREFIX": self.key_prefix}
         return create_app(load_settings(environ=env))
+
+    @property
+    def key_prefix(self) -> str:
+        """The release's Redis key prefix (``broker.keyPrefix``), as every pod gets it."""
+        return next((p.env["IMAGINEER_REDIS_KEY_PREFIX"] for p in self.pods.values()
+                     if "IMAGINEER_REDIS_KEY_PREFIX" in p.env), "")
 
     def hostname(self, component: str) -> str:
         """The celery node name of a worker: its ``--hostname=<group>@%h`` with %h = pod name."""

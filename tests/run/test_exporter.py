@@ -112,7 +112,8 @@ class TestExporter:
         assert spec["name"] == "exporter" and spec["command"] == ["celery-exporter"]
         assert "--broker-url=$(CELERY_BROKER_URL)" in spec["args"]
         queues = next(a for a in spec["args"] if a.startswith("--queues=")).removeprefix("--queues=").split(",")
-        assert set(queues) == {"default", "scraping", "labeling", "training"}  # every enabled queue
+        consumed = {"default", "scraping", "labeling", "training"}  # every enabled queue, and its dead-letter list
+        assert set(queues) == consumed | {f"{q}.dead" for q in consumed}
         pod = fleet.pods["exporter"]
         running_args = docker("inspect", "-f", "{{json .Args}}", pod.name, check=True).stdout
         assert f'"--broker-url={fleet.redis.url}"' in running_args, running_args

@@ -80,7 +80,8 @@ class TestStaging:
             assert result.worker == node
         time.sleep(1)
         assert app.AsyncResult(stranded.id).state == "PENDING"
-        assert staging.redis.client().llen("training") == 1
+        assert staging.redis.client().llen(f"{staging.key_prefix}training") == 1
+        assert staging.key_prefix == "imagineer:"  # values-staging.yaml: a Redis shared with other applications
 
     def test_guide_troubleshooting_commands_list_the_worker(self, staging: Fleet) -> None:
         """``celery -A <app> inspect active`` and ``inspect stats`` work inside the container."""

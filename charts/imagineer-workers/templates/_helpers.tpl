@@ -310,9 +310,43 @@ checksum/secret: {{ toYaml .Values.broker | sha256sum }}
 
 {{/* ---------------------------------------------------------------- exporter, monitoring, flower */}}
 
-{{/* The queues the exporter reports: every queue an enabled group consumes plus exporter.extraQueues. */}}
+{{/*
+The workers keep what they cannot run in a dead-letter list per queue, `<queue>.dead` (the worker
+package's DEAD_SUFFIX). Such a list is never consumed: every rule and dashboard query about
+queues and their workers leaves these names out, and ImagineerDeadLetters reads only them.
+*/}}
+{{- define "imagineer.deadSuffix" -}}
+.dead
+{{- end -}}
+
+{{/* PromQL matcher for queue_name: "a dead-letter list" (with "=~") or "not one" (with "!~"). */}}
+{{- define "imagineer.promql.deadQueues" -}}
+".+\\.dead"
+{{- end -}}
+
+{{/* Consumed queues plus exporter.extraQueues, dead-letter lists left out: what ImagineerQueueWithoutWorkers watches. */}}
+{{- define "imagineer.monitoredQueues" -}}
+{{- $queues := list -}}
+{{- range concat (include "imagineer.consumedQueues" . | fromYamlArray) .Values.exporter.extraQueues -}}
+{{- if not (hasSuffix (include "imagineer.deadSuffix" $) .) -}}
+{{- $queues = append $queues . -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml ($queues | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/*
+The queues the exporter reports (--queues): every queue an enabled group consumes, its dead-letter
+list `<queue>.dead`, and exporter.extraQueues. The exporter reads LLEN of each one on every
+scrape, consumed or not, so celery_queue_length{queue_name="<queue>.dead"} exists (0) from the start.
+*/}}
 {{- define "imagineer.exporterQueues" -}}
-{{- toYaml (concat (include "imagineer.consumedQueues" . | fromYamlArray) .Values.exporter.extraQueues | uniq | sortAlpha) -}}
+{{- $consumed := include "imagineer.consumedQueues" . | fromYamlArray -}}
+{{- $queues := concat $consumed .Values.exporter.extraQueues -}}
+{{- range $consumed -}}
+{{- $queues = append $queues (printf "%s%s" . (include "imagineer.deadSuffix" $)) -}}
+{{- end -}}
+{{- toYaml ($queues | uniq | sortAlpha) -}}
 {{- end -}}
 
 {{/* Identity, security and scheduling every pod shares; call with (dict "root" $ "values" <the component's values>). */}}
