@@ -103,7 +103,8 @@ def test_doctor_names_a_wrong_typed_queue_key_and_dead_letters(redis_server):
     assert "'app1:labeling' is a Redis hash" in checks["queue labeling: key type"]["detail"]
     assert "DEL or RENAME" in checks["queue labeling: key type"]["fix"]
     assert "is a Redis string" in checks["queue training: key type"]["detail"]
-    assert (checks["queue default: length"]["verdict"], checks["queue default: length"]["detail"]) == ("PASS", "1 waiting")
+    length = checks["queue default: length"]
+    assert (length["verdict"], length["detail"]) == ("PASS", "1 waiting")
     assert checks["queue default: dead letters"]["detail"] == "2 in app1:default.dead"
     assert "LMOVE app1:default.dead app1:default LEFT LEFT" in checks["queue default: dead letters"]["fix"]
     assert checks["queue scraping: length"]["verdict"] == "PASS" and "queue scraping: dead letters" not in checks

@@ -126,7 +126,8 @@ def test_wrong_typed_queue_key_sets_only_that_queue_aside_until_fixed(workers, c
     assert first.get(timeout=60) == "done"
     wait_for(lambda: _log_events(w, "queue_key_type"), 30, "the wrong-type log line")
     [event] = _log_events(w, "queue_key_type")
-    assert (event["key"], event["type"], event["queue"], event["status"]) == ("labeling", "hash", "labeling", "set_aside")
+    fields = (event["key"], event["type"], event["queue"], event["status"])
+    assert fields == ("labeling", "hash", "labeling", "set_aside")
     assert "DEL or RENAME" in event["message"]
     for _ in range(3):  # still consuming its other queue, and the line is not repeated
         assert celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default").get(timeout=60) == "done"
