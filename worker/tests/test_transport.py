@@ -151,17 +151,26 @@ def test_a_worker_starts_although_one_of_its_queue_keys_has_the_wrong_type(worke
 def test_messages_celery_refuses_are_kept_in_the_dead_letter_list(workers, celery_app, redis_server):
     w = workers("default", extra_args=SLOW)
     unknown = celery_app.send_task("tests.no_such_task", queue="default")
-    with kombu.Connection(redis_server.url) as conn:  # pickle: a remote-code-execution vector, never run
-        conn.Producer().publish({"seconds": 0}, routing_key="default", serializer="pickle",
-                                headers={"task": "tests.sleep", "id": str(uuid.uuid4()), "lang": "py"})
+    with kombu.Connection(redis_server.url) as conn:
+        producer = conn.Producer()
+        headers = {"task": "tests.sleep", "lang": "py"}
+        # pickle: a remote-code-execution vector, never run
+        producer.publish({"seconds": 0}, routing_key="default", serializer="pickle",
+                         headers={**headers, "id": str(uuid.uuid4())})
+        # bodies Celery cannot build a request from (stock Celery 5.7 exits with "Unrecoverable error")
+        producer.publish("just a string", routing_key="default", serializer="json",
+                         headers={**headers, "id": str(uuid.uuid4())})
+        producer.publish([[], {}, {}], routing_key="default", serializer="json", headers=headers)  # no id
     after = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default")
     assert after.get(timeout=60) == "done"
-    wait_for(lambda: len(_dead(redis_server)) == 2, 30, "both refused messages in default.dead")
+    wait_for(lambda: len(_dead(redis_server)) == 4, 30, "every refused message in default.dead")
     kept = [json.loads(raw) for raw in _dead(redis_server)]
     assert kept[0]["headers"]["id"] == unknown.id
     assert kept[1]["content-type"] == "application/x-python-serialize"
     reasons = [e["reason"] for e in _log_events(w, "dead_letter")]
     assert "not registered" in reasons[0] and "ContentDisallowed" in reasons[1]
+    assert "malformed task message" in reasons[2] and "malformed task message" in reasons[3]
+    assert w.proc.poll() is None
 
 
 def test_key_prefix_covers_every_key_the_worker_writes(workers, redis_server):

@@ -14,7 +14,9 @@ delivery past ``max_deliveries`` is not run: the task is marked FAILURE with
 ``<queue>.dead`` as it sat in the queue, and one ``operation=redelivery_cap`` line is logged.
 
 The hook is Celery's documented ``Task.Strategy``: :func:`capped_strategy` wraps the default
-strategy. Every task of the app gets it through :class:`Task` (the app's ``task_cls``).
+strategy. Every task of the app gets it through :class:`Task` (the app's ``task_cls``). The same
+wrapper turns a task message Celery cannot even build a request from into ``InvalidTaskError``,
+which the consumer refuses (and :mod:`.deadletter` keeps) instead of exiting.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 from celery import Task as CeleryTask
 from celery.app.task import Context
+from celery.exceptions import InvalidTaskError
+from celery.worker.request import Request as CeleryRequest
 from celery.worker.strategy import default as default_strategy
 
 from imagineer_worker.config import get_settings
@@ -62,7 +66,14 @@ def capped_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
                 refuse(task, message, task_id=task_id, delivery=delivery, cap=cap, dispatcher=dispatcher)
                 ack(log, consumer.connection_errors)
                 return None
-        return handle(message, body, ack, reject, callbacks, **kw)
+        try:
+            return handle(message, body, ack, reject, callbacks, **kw)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Celery builds the request here, in the consumer, and lets a malformed one (a body that
+            # is not an [args, kwargs, embed] triple, headers without an id) stop the worker with
+            # "Unrecoverable error". Past this point it catches everything itself (_process_task),
+            # so what arrives here is the message's fault: the consumer refuses it (dead-letter).
+            raise InvalidTaskError(f"malformed task message: {exc!r}") from exc
 
     return handle_capped
 
@@ -85,7 +96,29 @@ def refuse(task: Any, message: Any, *, task_id: str, delivery: int, cap: int, di
                         deliveries=delivery)
 
 
+class Request(CeleryRequest):  # type: ignore[misc]
+    """Celery's request, with a cancellation that survives the broker being away.
+
+    On a broker connection loss Celery terminates running late-ack tasks
+    (``worker_cancel_long_running_tasks_on_connection_loss``) so that their redelivery cannot run
+    beside them. It then writes a RETRY state to the result backend, which is the same Redis and
+    is away too: the write raises before the request is marked cancelled, the terminated task is
+    then taken for a revoked one, and after a quick broker restart its message was lost (seen in
+    tests/reliability scenario 3). Marking first and logging the write's failure keeps the message
+    unacknowledged, so it is redelivered like after a longer outage.
+    """
+
+    def _announce_cancelled(self, emit_retry: bool = True) -> None:
+        self._already_cancelled = True
+        try:
+            super()._announce_cancelled(emit_retry=emit_retry)
+        except Exception as exc:  # the backend is away: the redelivery still comes
+            log.warning("task %s[%s] cancelled after a broker connection loss; could not record it: %r",
+                        self.name, self.id, exc, extra={"operation": "cancel_on_connection_loss"})
+
+
 class Task(CeleryTask):  # type: ignore[misc]
     """The app's base task class (``task_cls``): every task gets the redelivery cap."""
 
     Strategy = f"{__name__}:capped_strategy"
+    Request = f"{__name__}:Request"
