@@ -12,21 +12,27 @@ STAMP        := $(VENV)/.installed
 APT_PACKAGES := redis-server openssl debootstrap $(if $(shell command -v dockerd),,docker.io)
 # Only for run-test: Flower is checked in a real headless browser.
 RUN_TEST_APT_PACKAGES := chromium
+# Only for chart-test: systemd-analyze verifies the rendered systemd units (nothing is started).
+CHART_TEST_APT_PACKAGES := systemd
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS  ?=
 
 CHART        := charts/imagineer-workers
 VALUES_FILES := values-staging.yaml values-prod.yaml
+CHART_AUTOSCALING_SETS := --set workers.training.autoscaling.enabled=true \
+  --set workers.scraping.autoscaling.enabled=true \
+  --set workers.labeling.autoscaling.enabled=true --set workers.labeling.autoscaling.mode=hpa
 
 .DEFAULT_GOAL := help
-.PHONY: setup system-packages run-test-packages demo test lint worker-test chart-test chart-readme run-test run-test-clean clean help
+.PHONY: setup system-packages run-test-packages chart-test-packages demo test lint worker-test reliability reliability-ci chart-test chart-readme run-test run-test-clean clean help
 
 help:
 	@echo "make setup   install Debian packages (redis-server, openssl) and the venv (.venv, with torch)"
 	@echo "make demo    run the whole pipeline locally on a real Redis and print a status table"
 	@echo "make test    lint + the whole test suite (real Redis, real workers)"
 	@echo "make lint    ruff"
-	@echo "make chart-test  helm lint, helm-unittest, kubeconform and the chart render tests"
+	@echo "make reliability  fault injection (kill -9, SIGTERM, Redis restart/outage, OOM, poison, two beats, burst): 5 trials each, prints the table"
+	@echo "make chart-test  helm lint, helm-unittest, kubeconform, the chart render tests and the systemd units (systemd-analyze)"
 	@echo "make run-test    the rendered pods run as containers from the built images (needs Docker)"
 	@echo "make tools   the pinned chart toolchain in .tools/ (helm, helm-unittest, kubeconform, schemas)"
 	@echo "make images  the per-queue worker images (local debootstrap base, offline builds); see images/README.md"
@@ -57,6 +63,9 @@ system-packages:
 run-test-packages: system-packages
 	$(call apt_install,$(RUN_TEST_APT_PACKAGES))
 
+chart-test-packages: system-packages
+	$(call apt_install,$(CHART_TEST_APT_PACKAGES))
+
 # pip's cache keeps the ~3 GB of torch wheels: a second venv on the same machine installs offline-fast.
 $(STAMP): worker/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,11 +89,20 @@ endef
 worker-test: setup
 	cd worker && $(call run_pytest,HF_HUB_OFFLINE=1 ../$(VENV)/bin/pytest $(PYTEST_ARGS))
 
+# Fault injection on real workers and Redis (tests/README.md, "tests/reliability"): every scenario,
+# RELIABILITY_TRIALS trials each; the table lands in tests/reliability/artifacts/results.md.
+# reliability-ci is the short form `make test` runs: the same scenarios, 2 trials, a 2,000-task burst.
+reliability: setup
+	$(call run_pytest,RELIABILITY_TRIALS=$${RELIABILITY_TRIALS:-5} RELIABILITY_BURST=$${RELIABILITY_BURST:-10000} $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS))
+
+reliability-ci: setup
+	$(call run_pytest,RELIABILITY_TRIALS=2 RELIABILITY_BURST=2000 $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS))
+
 # The Parameters section of the chart README is generated from the @param comments.
 chart-readme: tools
 	$(README_GENERATOR) --values $(CHART)/values.yaml --readme $(CHART)/README.md
 
-chart-test: tools $(STAMP)
+chart-test: chart-test-packages tools $(STAMP)
 	$(HELM) lint --strict $(CHART)
 	for f in $(VALUES_FILES); do $(HELM) lint --strict $(CHART) -f $$f; done
 	$(HELM) unittest $(CHART)
@@ -92,6 +110,12 @@ chart-test: tools $(STAMP)
 	  echo "kubeconform: $${f:-default values}"; \
 	  $(HELM) template release $(CHART) --namespace imagineer $${f:+-f $$f} | $(KUBECONFORM) $(KUBECONFORM_FLAGS) -; \
 	done
+	@# Autoscaling on, so that the generated KEDA CRD schemas validate the ScaledObjects and the
+	@# TriggerAuthentication (training scales to zero), and autoscaling/v2 an HPA (labeling).
+	echo "kubeconform: values-prod.yaml with KEDA (training, scraping) and an HPA (labeling)"; \
+	$(HELM) lint --strict $(CHART) -f values-prod.yaml $(CHART_AUTOSCALING_SETS) && \
+	$(HELM) template release $(CHART) --namespace imagineer -f values-prod.yaml $(CHART_AUTOSCALING_SETS) \
+	  | $(KUBECONFORM) $(KUBECONFORM_FLAGS) -
 	tmp=$$(mktemp -d) && cp $(CHART)/README.md $$tmp/README.md && \
 	  $(README_GENERATOR) --values $(CHART)/values.yaml --readme $$tmp/README.md >/dev/null && \
 	  diff -u $(CHART)/README.md $$tmp/README.md || { echo "$(CHART)/README.md is out of date: run make chart-readme" >&2; exit 1; }
@@ -105,7 +129,7 @@ run-test-clean:  # containers left behind by a killed run
 	-docker rm -f $$(docker ps -aq --filter label=imagineer-run-test) 2>/dev/null
 
 # The chart on a real cluster last: kind from the offline node image (cluster/README.md).
-test: lint locks-check worker-test chart-test run-test smoke
+test: lint locks-check worker-test chart-test run-test smoke reliability-ci
 
 clean:
 	rm -rf .demo worker/.pytest_cache

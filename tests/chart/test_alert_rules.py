@@ -395,6 +395,27 @@ def test_queue_without_workers_follows_the_enabled_groups(rules, tmp_path):
     assert "dead" not in by_alert[DOWN]["expr"].replace(r'queue_name!~".+\\.dead"', "")
 
 
+SCALE_TO_ZERO = {"workers": {"training": {"autoscaling": {"enabled": True}}}}  # KEDA, minReplicas 0
+
+
+@pytest.mark.parametrize(("series", "checks"), [
+    pytest.param({**_workers(training=""), 'celery_queue_length{queue_name="training"}': "0x40"},
+                 {"10m": [], "30m": []}, id="idle-at-zero-is-not-a-fault"),
+    pytest.param({**_workers(training="0x40"), 'celery_queue_length{queue_name="training"}': "0x5 1x35"},
+                 {"9m": [], "11m": [fires(_down("training"))]}, id="messages-waiting-without-a-worker-fire"),
+    pytest.param({**_workers(training=""), 'celery_queue_length{queue_name="training"}': "1x40"},
+                 {"4m": [], "6m": [fires(_down("training"))]}, id="never-reported-worker-with-messages-fires"),
+    pytest.param({**_workers(training="0x2 1x38"), 'celery_queue_length{queue_name="training"}': "1x40"},
+                 {"10m": [], "30m": []}, id="woken-up-in-time"),
+    pytest.param({**_workers(scraping="0x40", training=""), 'celery_queue_length{queue_name="training"}': "0x40"},
+                 {"6m": [fires(_down("scraping"))]}, id="the-other-queues-keep-their-rule"),
+])
+def test_queue_without_workers_for_a_group_that_scales_to_zero(rules, tmp_path, series, checks):
+    """Training on KEDA with minReplicas 0 has no worker while idle: the alert counts its queue only
+    while messages wait in it (and no worker consumes it for `for`)."""
+    promtool_test(rules(SCALE_TO_ZERO)[DOWN], series, checks, tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------
 # ImagineerTaskFailureRate: failed / (failed + succeeded) over window > ratio, at least minFailures
 

@@ -74,6 +74,45 @@ INVALID = [
      "exporter.resources.limits.ephemeral-storage 32Mi is below"),
     ({"exporter": {"port": 0}}, "exporter.port"),
     ({"exporter": {"extraQueues": ["bad queue"]}}, "exporter.extraQueues.0"),
+    # rollouts, placement and autoscaling (templates/_validate.tpl; one helm-unittest test per message)
+    ({"workers": {"scraping": {"terminationGracePeriodSeconds": 120}}},
+     "workers.scraping.terminationGracePeriodSeconds (120) is below celery.hardTimeLimitSeconds (1800)"),
+    ({"celery": {"hardTimeLimitSeconds": 3000, "visibilityTimeoutSeconds": 4000},
+      "workers": {"training": {"terminationGracePeriodSeconds": 2000}}},
+     "workers.training.terminationGracePeriodSeconds (2000) is below celery.hardTimeLimitSeconds (3000)"),
+    ({"workers": {"training": {"strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}}}},
+     "workers.training.strategy.rollingUpdate.maxSurge 1 adds a pod during a rollout, which needs another GPU"),
+    ({"workers": {"scraping": {"strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}}}},
+     "workers.scraping.strategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0"),
+    ({"workers": {"scraping": {"strategy": {"type": "Recreate", "rollingUpdate": {"maxSurge": 1}}}}},
+     "workers.scraping.strategy.rollingUpdate is only allowed with workers.scraping.strategy.type RollingUpdate"),
+    ({"workers": {"scraping": {"strategy": {"type": "OnDelete"}}}}, "workers.scraping.strategy.type"),
+    ({"workers": {"scraping": {"strategy": {"rollingUpdate": {"maxSurge": "one"}}}}},
+     "workers.scraping.strategy.rollingUpdate.maxSurge"),
+    ({"workers": {"training": {"autoscaling": {"enabled": True, "cooldownPeriod": 600}}}},
+     "workers.training.autoscaling.cooldownPeriod (600) is below the group's terminationGracePeriodSeconds (1860)"),
+    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}},
+     "workers.scraping.autoscaling.maxReplicas (2) is below workers.scraping.autoscaling.minReplicas (5)"),
+    ({"workers": {"training": {"autoscaling": {"enabled": True, "unackedTrigger": False}}}},
+     "workers.training.autoscaling.minReplicas 0 needs workers.training.autoscaling.unackedTrigger"),
+    ({"workers": {"training": {"autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 1}}}},
+     "workers.training.autoscaling.mode hpa scales on CPU and memory"),
+    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 0}}}},
+     "workers.scraping.autoscaling.minReplicas 0 needs mode keda"),
+    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "mode": "hpa",
+                                               "targetCPUUtilizationPercentage": None}}}},
+     "workers.scraping.autoscaling.mode hpa needs workers.scraping.autoscaling.targetCPUUtilizationPercentage"),
+    ({"workers": {"extra": {"queues": ["default"], "autoscaling": {"enabled": True, "mode": "hpa"}}}},
+     "workers.extra.autoscaling.targetCPUUtilizationPercentage needs workers.extra.resources.requests.cpu"),
+    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "mode": "vpa"}}}}, "workers.scraping.autoscaling.mode"),
+    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "maxReplicas": 0}}}},
+     "workers.scraping.autoscaling.maxReplicas"),
+    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "listLength": "5"}}}},
+     "workers.scraping.autoscaling.listLength"),
+    ({"workers": {"scraping": {"safeToEvict": "no"}}}, "workers.scraping.safeToEvict"),
+    ({"broker": {"url": "redis://:p%40ss@redis:6379/0"}, "workers": {"training": {"autoscaling": {"enabled": True}}}},
+     "broker.url: its user or password is percent-encoded"),
+    ({"keda": {"addressKey": ""}}, "keda.addressKey"),
 ]
 
 
@@ -82,3 +121,14 @@ def test_invalid_values_fail_with_a_message_naming_the_value(values, expected):
     message = render_error(values)
     # The chart's own checks name the value as a dotted path; helm's schema check as a JSON pointer.
     assert expected in message or f"at '/{expected.replace('.', '/')}'" in message, message
+
+
+def test_every_problem_is_listed_at_once_with_a_count() -> None:
+    """imagineer.validateValues collects every refusal and fails once: a count, then one per line."""
+    message = render_error({"workers": {"scraping": {"terminationGracePeriodSeconds": 120}},
+                            "flower": {"enabled": True},
+                            "monitoring": {"serviceMonitor": {"enabled": True}}, "exporter": {"enabled": False}})
+    lines = message.split("3 problems with the values, one per line:\n", 1)[1].split("\n\n")[0].splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        "workers.scraping.terminationGracePeriodSeconds", "flower.basicAuth.username",
+        "monitoring.serviceMonitor.enabled"], message

@@ -39,6 +39,26 @@ def test_the_worker_reads_the_charts_settings_in_every_pod(tmp_path):
         assert settings.beat_lock_timeout == (90 if name.endswith("-beat") else 60), name
 
 
+def test_large_numbers_from_a_values_file_reach_the_pods_as_integers(tmp_path):
+    """YAML reads 2592000 as a float64 in Helm: without ``int`` it renders as ``2.592e+06``, which
+    the worker refuses at start-up (every pod in a crash loop). ``--set`` hides it; a file shows it."""
+    big = {"celery": {"resultExpiresSeconds": 2592000, "softTimeLimitSeconds": 1000000,
+                      "hardTimeLimitSeconds": 1200000, "visibilityTimeoutSeconds": 2400000},
+           "beat": {"lockTimeoutSeconds": 1000000},
+           "config": {"maxDeliveries": 1000000, "deadLetterMaxLength": 5000000}}
+    values = tmp_path / "big.yaml"
+    values.write_text(yaml.safe_dump(big))
+    for name, deployment in celery_app_deployments(render_chart(values_file=values)).items():
+        settings = load_settings(_worker_env(deployment, tmp_path))
+        assert (settings.result_expires, settings.task_time_limit, settings.visibility_timeout) == \
+            (2592000, 1200000, 2400000), name
+        assert (settings.max_deliveries, settings.dead_letter_max_length) == (1000000, 5000000), name
+        assert settings.beat_lock_timeout == (1000000 if name.endswith("-beat") else 60), name
+    numbers = [v for d in celery_app_deployments(render_chart(values_file=values)).values()
+               for v in env_of(d).values() if isinstance(v, str) and "e+" in v]
+    assert numbers == []
+
+
 def test_the_defaults_are_the_workers_defaults(tmp_path):
     for name, deployment in celery_app_deployments(render_chart()).items():
         env = _worker_env(deployment, tmp_path)

@@ -55,10 +55,11 @@ def test_grace_period_covers_the_hard_time_limit(default_objects):
     for d in worker_groups(default_objects).values():
         assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 1800 + 60
     objects = render_chart({"celery": {"hardTimeLimitSeconds": 600, "softTimeLimitSeconds": 500},
-                            "workers": {"scraping": {"terminationGracePeriodSeconds": 120}}})
+                            "workers": {"scraping": {"terminationGracePeriodSeconds": 900}}})
     workers = worker_groups(objects)
     assert workers["default"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 660
-    assert workers["scraping"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    assert workers["scraping"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    # below the hard limit it is refused (test_invalid_values.py), never rendered
     assert env_of(workers["default"])["IMAGINEER_TASK_TIME_LIMIT"] == "600"
 
 

@@ -278,6 +278,20 @@ step_prod() {
   [ -z "$others" ] || fail "other groups on the GPU node: $others"
   log "training on $node; no other group there"
 
+  # values-prod.yaml's PodDisruptionBudgets select their groups' pods (2 expected, 1 disruption
+  # allowed each) and its NetworkPolicies exist; kind's CNI does not enforce them (cluster/README.md).
+  local budgets="" policies
+  for _ in $(seq 30); do   # the disruption controller updates the status shortly after the pods
+    budgets=$(k get pdb -l "app.kubernetes.io/instance=$RELEASE" \
+      -o jsonpath='{range .items[*]}{.metadata.labels.app\.kubernetes\.io/component}={.status.expectedPods}/{.status.disruptionsAllowed} {end}')
+    [ "$budgets" = "default=2/1 labeling=2/1 scraping=2/1 " ] && break
+    sleep 2
+  done
+  [ "$budgets" = "default=2/1 labeling=2/1 scraping=2/1 " ] || fail "PodDisruptionBudgets: '$budgets', expected default, labeling, scraping at 2 pods / 1 disruption"
+  policies=$(k get networkpolicy -l "app.kubernetes.io/instance=$RELEASE" -o name | wc -l)
+  [ "$policies" = 7 ] || fail "$policies NetworkPolicies, expected 7 (4 groups, beat, exporter, helm test pod)"
+  log "budgets $budgets; $policies NetworkPolicies (not enforced by this cluster's CNI)"
+
   # Each group's every replica answers and consumes exactly its own queue.
   local want="" got=""
   for _ in $(seq 30); do
@@ -316,7 +330,7 @@ step_rollback() {
   # Idle workers end their warm shutdown within seconds of SIGTERM.
   k wait --for=delete pod -l "app.kubernetes.io/instance=$RELEASE" --timeout=180s >/dev/null
   local left
-  left=$(k get all,configmap,secret,pvc,serviceaccount,servicemonitor,prometheusrule \
+  left=$(k get all,configmap,secret,pvc,serviceaccount,servicemonitor,prometheusrule,networkpolicy,pdb \
     -l "app.kubernetes.io/instance=$RELEASE" -o name 2>/dev/null | sort | tr '\n' ' ')
   [ "$left" = "persistentvolumeclaim/$RELEASE-data " ] || fail "left after uninstall: '$left' (expected only the data claim)"
   log "uninstalled; kept: $left"

@@ -95,79 +95,22 @@ callers use (fromYaml (include "imagineer.group" (dict "root" $ "name" $name))).
 {{- divf $bytes 1073741824.0 -}}
 {{- end -}}
 
-{{/*
-Render-time checks of one group that a JSON schema cannot express; each message names the value.
-Call with (dict "root" $ "name" $name "group" $group).
-*/}}
-{{- define "imagineer.validateGroup" -}}
-{{- $path := printf "workers.%s" .name -}}
-{{- $g := .group -}}
-{{- $res := $g.resources | default dict -}}
-{{- /* GPUs asked for by `gpus` or written into resources directly, as in the guide's snippet */}}
-{{- $gpus := max (int $g.gpus) (int (dig "limits" "nvidia.com/gpu" 0 $res)) (int (dig "requests" "nvidia.com/gpu" 0 $res)) -}}
-{{- if and (gt $gpus 0) (ne (int $g.concurrency) 1) (not $g.args) -}}
-{{- fail (printf "%s.concurrency must be 1 when %s requests a GPU (got %v): one job per GPU, as the guide requires" $path $path $g.concurrency) -}}
-{{- end -}}
-{{- if and (gt $gpus 0) $g.args (not (has "--concurrency=1" $g.args)) -}}
-{{- fail (printf "%s.args must contain --concurrency=1 when %s requests a GPU: one job per GPU" $path $path) -}}
-{{- end -}}
-{{- if gt (float64 $g.checkpointSizeGi) 0.0 -}}
-{{- $limit := dig "limits" "memory" "" ($g.resources | default dict) -}}
-{{- if not $limit -}}
-{{- fail (printf "%s.resources.limits.memory is required when %s.checkpointSizeGi is set" $path $path) -}}
-{{- end -}}
-{{- $needed := mulf (float64 $g.checkpointSizeGi) 1.3 (float64 $g.concurrency) -}}
-{{- $have := float64 (include "imagineer.memoryGi" $limit) -}}
-{{- if lt $have $needed -}}
-{{- fail (printf "%s.resources.limits.memory %s is below %s.checkpointSizeGi x 1.3 x concurrency = %.1fGi (one checkpoint per task plus 30%%)" $path $limit $path $needed) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-
 {{/* `celery worker` arguments built from the structured values (or the `args` escape hatch). */}}
 {{- define "imagineer.workerArgs" -}}
 {{- $g := .group -}}
 {{- if $g.args -}}
 {{- toYaml $g.args -}}
 {{- else -}}
-{{- $args := list "-A" .root.Values.celery.app "worker" "--pool=prefork" (printf "--loglevel=%s" .root.Values.celery.loglevel) "-Q" (join "," $g.queues) (printf "--concurrency=%d" (int $g.concurrency)) (printf "--hostname=%s@%%h" .name) -}}
+{{- /* No mingle (it waits a second at start-up for other workers' revoked ids: nothing here revokes) and no
+gossip (peers' heartbeats, which nothing here reads): start-up in under a second (docs/benchmarks.md). */}}
+{{- $args := list "-A" .root.Values.celery.app "worker" "--pool=prefork" (printf "--loglevel=%s" .root.Values.celery.loglevel) "-Q" (join "," $g.queues) (printf "--concurrency=%d" (int $g.concurrency)) (printf "--hostname=%s@%%h" .name) "--without-mingle" "--without-gossip" -}}
 {{- toYaml (concat $args ($g.extraArgs | default list)) -}}
 {{- end -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------- shared pod parts */}}
 
-{{/*
-The kubelet counts a container's emptyDirs and logs against its ephemeral-storage limit: a limit
-below the /tmp emptyDir's sizeLimit would evict the pod before /tmp is full. Call with
-(dict "path" "beat.resources" "resources" <map> "min" <quantity> "minName" "tmpSizeLimit").
-*/}}
-{{- define "imagineer.validateEphemeralStorage" -}}
-{{- $limit := dig "limits" "ephemeral-storage" "" (.resources | default dict) -}}
-{{- if $limit -}}
-{{- if lt (float64 (include "imagineer.memoryGi" $limit)) (float64 (include "imagineer.memoryGi" .min)) -}}
-{{- fail (printf "%s.limits.ephemeral-storage %v is below %s %v: the kubelet counts the /tmp emptyDir against this limit and would evict the pod before /tmp is full" .path $limit .minName .min) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "imagineer.validateGlobal" -}}
-{{- $c := .Values.celery -}}
-{{- if ge (int $c.softTimeLimitSeconds) (int $c.hardTimeLimitSeconds) -}}
-{{- fail (printf "celery.softTimeLimitSeconds (%v) must be below celery.hardTimeLimitSeconds (%v)" $c.softTimeLimitSeconds $c.hardTimeLimitSeconds) -}}
-{{- end -}}
-{{- if le (int $c.visibilityTimeoutSeconds) (int $c.hardTimeLimitSeconds) -}}
-{{- fail (printf "celery.visibilityTimeoutSeconds (%v) must exceed celery.hardTimeLimitSeconds (%v): Redis would redeliver tasks that are still running" $c.visibilityTimeoutSeconds $c.hardTimeLimitSeconds) -}}
-{{- end -}}
-{{- if and (not .Values.broker.existingSecret) (not .Values.broker.url) -}}
-{{- fail "broker.url is required unless broker.existingSecret names a Secret with the broker URL" -}}
-{{- end -}}
-{{- if not (has .Values.config.maintenanceQueue (include "imagineer.consumedQueues" . | fromYamlArray)) -}}
-{{- if .Values.beat.enabled -}}
-{{- fail (printf "config.maintenanceQueue %q is consumed by no enabled worker group: beat's maintenance jobs would stay PENDING" .Values.config.maintenanceQueue) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
+{{/* Render-time checks (sizing, time limits, autoscaling, ...) are in _validate.tpl: imagineer.validateValues. */}}
 
 {{/* Every queue an enabled group consumes, as a YAML list. */}}
 {{- define "imagineer.consumedQueues" -}}
@@ -175,10 +118,8 @@ below the /tmp emptyDir's sizeLimit would evict the pod before /tmp is full. Cal
 {{- range $name, $_ := .Values.workers -}}
 {{- $g := fromYaml (include "imagineer.group" (dict "root" $ "name" $name)) -}}
 {{- if $g.enabled -}}
-{{- if not $g.queues -}}
-{{- fail (printf "workers.%s.queues is required: the queues the group consumes, e.g. [%s] (or set workers.%s.enabled: false)" $name $name $name) -}}
-{{- end -}}
-{{- $queues = concat $queues $g.queues -}}
+{{- /* a group without queues is refused by imagineer.validateValues */ -}}
+{{- $queues = concat $queues ($g.queues | default list) -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml ($queues | uniq | sortAlpha) -}}
@@ -206,7 +147,7 @@ below the /tmp emptyDir's sizeLimit would evict the pod before /tmp is full. Cal
       name: {{ include "imagineer.secretName" . }}
       key: {{ .Values.broker.existingSecretResultBackendKey }}
 - name: CELERY_RESULT_EXPIRES
-  value: {{ .Values.celery.resultExpiresSeconds | quote }}
+  value: {{ .Values.celery.resultExpiresSeconds | int | quote }}
 - name: IMAGINEER_CONFIG
   value: /etc/imagineer/config/config.yaml
 - name: IMAGINEER_MAINTENANCE_QUEUE
@@ -215,23 +156,23 @@ below the /tmp emptyDir's sizeLimit would evict the pod before /tmp is full. Cal
 - name: IMAGINEER_EXPECTED_QUEUES
   value: {{ include "imagineer.consumedQueues" . | fromYamlArray | join "," | quote }}
 - name: IMAGINEER_PURGE_TRAINING_HOUR
-  value: {{ .Values.config.purgeTrainingHour | quote }}
+  value: {{ .Values.config.purgeTrainingHour | int | quote }}
 - name: IMAGINEER_PURGE_SCRAPE_HOUR
-  value: {{ .Values.config.purgeScrapeHour | quote }}
+  value: {{ .Values.config.purgeScrapeHour | int | quote }}
 - name: IMAGINEER_DISK_SAMPLE_HOURS
-  value: {{ .Values.config.diskSampleHours | quote }}
+  value: {{ .Values.config.diskSampleHours | int | quote }}
 - name: IMAGINEER_DISK_SAMPLE_MINUTES
-  value: {{ .Values.config.diskSampleMinutes | quote }}
+  value: {{ .Values.config.diskSampleMinutes | int | quote }}
 - name: IMAGINEER_TASK_SOFT_TIME_LIMIT
-  value: {{ .Values.celery.softTimeLimitSeconds | quote }}
+  value: {{ .Values.celery.softTimeLimitSeconds | int | quote }}
 - name: IMAGINEER_TASK_TIME_LIMIT
-  value: {{ .Values.celery.hardTimeLimitSeconds | quote }}
+  value: {{ .Values.celery.hardTimeLimitSeconds | int | quote }}
 - name: IMAGINEER_VISIBILITY_TIMEOUT
-  value: {{ .Values.celery.visibilityTimeoutSeconds | quote }}
+  value: {{ .Values.celery.visibilityTimeoutSeconds | int | quote }}
 - name: IMAGINEER_MAX_DELIVERIES
-  value: {{ .Values.config.maxDeliveries | quote }}
+  value: {{ .Values.config.maxDeliveries | int | quote }}
 - name: IMAGINEER_DEAD_LETTER_MAX_LENGTH
-  value: {{ .Values.config.deadLetterMaxLength | quote }}
+  value: {{ .Values.config.deadLetterMaxLength | int | quote }}
 - name: IMAGINEER_DATA_DIR
   value: {{ .Values.persistence.mountPath | quote }}
 - name: IMAGINEER_HEALTH_DIR
@@ -384,12 +325,6 @@ priorityClassName: {{ . }}
 {{- default (printf "%s-flower" (include "imagineer.fullname" .)) .Values.flower.basicAuth.existingSecret -}}
 {{- end -}}
 
-{{- define "imagineer.validateFlower" -}}
-{{- $auth := .Values.flower.basicAuth -}}
-{{- if and .Values.flower.enabled (not $auth.existingSecret) (or (not $auth.username) (not $auth.password)) -}}
-{{- fail "flower.basicAuth.username and flower.basicAuth.password (or flower.basicAuth.existingSecret) are required when flower.enabled is true: Flower can revoke and rate-limit tasks, it never runs without authentication" -}}
-{{- end -}}
-{{- end -}}
 
 {{/*
 PromQL, per series: how much counter .metric{.selector} counted within .window, robust to the

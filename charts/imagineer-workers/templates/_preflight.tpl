@@ -51,7 +51,13 @@ Every missing object is collected, then one `fail` lists them all with how to cr
 
 {{- $b := .Values.broker -}}
 {{- if $b.existingSecret -}}
-{{- $missing = concat $missing (include "imagineer.preflightSecret" (dict "ns" $ns "name" $b.existingSecret "keys" (list $b.existingSecretBrokerUrlKey $b.existingSecretResultBackendKey) "path" "broker.existingSecret" "example" "redis://:PASSWORD@HOST:6379/0") | fromYamlArray) -}}
+{{- $keys := list $b.existingSecretBrokerUrlKey $b.existingSecretResultBackendKey -}}
+{{- if include "imagineer.autoscaledGroups" (dict "root" $ "mode" "keda") | fromYamlArray -}}
+{{- /* KEDA's TriggerAuthentication reads the address and credentials apart (keda.*Key, _autoscaling.tpl) */ -}}
+{{- $keys = concat $keys (include "imagineer.kedaSecretKeys" . | fromYaml | values | sortAlpha) -}}
+{{- end -}}
+{{- $examples := dict .Values.keda.addressKey "HOST:PORT" (.Values.keda.passwordKey | default "-") "PASSWORD" (.Values.keda.usernameKey | default "-") "USER" -}}
+{{- $missing = concat $missing (include "imagineer.preflightSecret" (dict "ns" $ns "name" $b.existingSecret "keys" $keys "path" "broker.existingSecret" "example" "redis://:PASSWORD@HOST:6379/0" "examples" $examples) | fromYamlArray) -}}
 {{- end -}}
 {{- if $b.caSecret -}}
 {{- $missing = concat $missing (include "imagineer.preflightSecret" (dict "ns" $ns "name" $b.caSecret "keys" (list $b.caSecretKey) "path" "broker.caSecret" "file" true) | fromYamlArray) -}}
@@ -63,6 +69,12 @@ Every missing object is collected, then one `fail` lists them all with how to cr
 {{- range .Values.imagePullSecrets -}}
 {{- if not (lookup "v1" "Secret" $ns .name) -}}
 {{- $missing = append $missing (printf "Secret %s/%s (imagePullSecrets): kubectl -n %s create secret docker-registry %s --docker-server=... --docker-username=... --docker-password=..." $ns .name $ns .name) -}}
+{{- end -}}
+{{- end -}}
+
+{{- range $kind := list "ScaledObject" "TriggerAuthentication" -}}
+{{- if and (include "imagineer.autoscaledGroups" (dict "root" $ "mode" "keda") | fromYamlArray) (not ($.Capabilities.APIVersions.Has (printf "keda.sh/v1alpha1/%s" $kind))) -}}
+{{- $missing = append $missing (printf "the KEDA CRD for %s (workers.<group>.autoscaling.mode keda): install KEDA (its Helm chart kedacore/keda), or use autoscaling.mode hpa" $kind) -}}
 {{- end -}}
 {{- end -}}
 
@@ -80,7 +92,7 @@ Every missing object is collected, then one `fail` lists them all with how to cr
 {{- end -}}
 
 {{/* What one referenced Secret lacks, as a YAML list of messages.
-Call with (dict "ns" "name" "keys" "path" and "example" VALUE or "file" true). */}}
+Call with (dict "ns" "name" "keys" "path" and "example" VALUE or "file" true; "examples" {key: VALUE} overrides "example" per key). */}}
 {{- define "imagineer.preflightSecret" -}}
 {{- $secret := lookup "v1" "Secret" .ns .name -}}
 {{- $absent := list -}}
@@ -91,7 +103,7 @@ Call with (dict "ns" "name" "keys" "path" and "example" VALUE or "file" true). *
 {{- end -}}
 {{- $how := list -}}
 {{- range $absent -}}
-{{- $how = append $how (ternary (printf "--from-file=%s=<file>" .) (printf "--from-literal=%s=%s" . $.example) (default false $.file)) -}}
+{{- $how = append $how (ternary (printf "--from-file=%s=<file>" .) (printf "--from-literal=%s=%s" . (get ($.examples | default dict) . | default $.example)) (default false $.file)) -}}
 {{- end -}}
 {{- if not $secret -}}
 {{- list (printf "Secret %s/%s (%s): kubectl -n %s create secret generic %s %s" .ns .name .path .ns .name (join " " $how)) | toYaml -}}

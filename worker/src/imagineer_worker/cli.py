@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagineer_worker import health
+from imagineer_worker import health, systemd
 from imagineer_worker.config import QUEUES, ConfigError, load_settings
 
 TASK_PREFIX = "imagineer."
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="validate the configuration and print it (secrets redacted)")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("render", help="render deployment files from the chart's values (render systemd ...)")
+    systemd.add_parser(p.add_subparsers(dest="target", required=True))
     return parser
 
 

@@ -145,8 +145,10 @@ class CeleryProcess:
         base = [sys.executable, "-m", "celery", "-A", APP]
         if self.beat:
             return [*base, "beat", "--loglevel=INFO", *self.extra_args]
+        # the chart's flags too (imagineer.workerArgs): no mingle, no gossip
         return [*base, "worker", "--pool=prefork", "--loglevel=INFO", "-Q", self.queues,
-                f"--concurrency={self.concurrency}", f"--hostname={self.name}@%h", *self.extra_args]
+                f"--concurrency={self.concurrency}", f"--hostname={self.name}@%h", "--without-mingle",
+                "--without-gossip", *self.extra_args]
 
     def start(self, wait: bool = True, timeout: float = 60) -> CeleryProcess:
         self.logdir.mkdir(parents=True, exist_ok=True)
