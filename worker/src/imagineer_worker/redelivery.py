@@ -84,16 +84,16 @@ def refuse(task: Any, message: Any, *, task_id: str, delivery: int, cap: int, di
         f"{task.name}[{task_id}] was delivered {delivery} times (max_deliveries={cap}): its worker process "
         "died on every try; the message is kept in the dead-letter list"
     )
+    # Keep the message and reset its count first: whoever sees the FAILURE can already replay it.
+    dead_letter_message(message, str(exc), fresh=True, operation="redelivery_cap", task_id=task_id, task=task.name,
+                        deliveries=delivery)
+    task.backend.client.delete(get_settings().key(DELIVERIES_KEY.format(id=task_id)))
     headers = message.headers or {}
     request = Context(id=task_id, task=task.name, args=headers.get("argsrepr"), kwargs=headers.get("kwargsrepr"),
                       delivery_info=message.delivery_info, hostname=None, ignore_result=False)
     task.backend.mark_as_failure(task_id, exc, request=request, call_errbacks=False)
-    # a replay from the dead-letter list after a fix starts counting afresh
-    task.backend.client.delete(get_settings().key(DELIVERIES_KEY.format(id=task_id)))
     if dispatcher is not None and dispatcher.enabled:
         dispatcher.send("task-failed", uuid=task_id, exception=repr(exc), traceback="")
-    dead_letter_message(message, str(exc), fresh=True, operation="redelivery_cap", task_id=task_id, task=task.name,
-                        deliveries=delivery)
 
 
 class Request(CeleryRequest):  # type: ignore[misc]
