@@ -32,6 +32,8 @@ help:
 	@echo "make test    lint + the whole test suite (real Redis, real workers)"
 	@echo "make lint    ruff"
 	@echo "make reliability  fault injection (kill -9, SIGTERM, Redis restart/outage, OOM, poison, two beats, burst): 5 trials each, prints the table"
+	@echo "make bench   throughput, latency, memory, start-up, image, scaling, LoRA figures vs baselines (docs/benchmarks.md)"
+	@echo "make bench-smoke  the bench with tiny counts: every figure is produced (part of make test)"
 	@echo "make chart-test  helm lint, helm-unittest, kubeconform, the chart render tests and the systemd units (systemd-analyze)"
 	@echo "make run-test    the rendered pods run as containers from the built images (needs Docker)"
 	@echo "make tools   the pinned chart toolchain in .tools/ (helm, helm-unittest, kubeconform, schemas)"
@@ -78,7 +80,7 @@ demo: setup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check worker
-	$(VENV)/bin/ruff check --config worker/pyproject.toml tests tools/schemas.py
+	$(VENV)/bin/ruff check --config worker/pyproject.toml tests tools/schemas.py bench
 
 # pytest exits 5 when it collected nothing: that must fail, never pass silently.
 define run_pytest
@@ -128,8 +130,19 @@ run-test: run-test-packages images tools $(STAMP)
 run-test-clean:  # containers left behind by a killed run
 	-docker rm -f $$(docker ps -aq --filter label=imagineer-run-test) 2>/dev/null
 
+# Every figure against a baseline measured in the same run, alternating (bench/README.md): 13-15
+# minutes on 2 CPUs; writes bench/results.json and bench/results.md (docs/benchmarks.md keeps the
+# latest table). The GPU figure is bench/gpu.sh, for a machine with a GPU.
+.PHONY: bench bench-smoke
+bench: setup images
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run --markdown bench/results.md
+
+# The bench at tiny sizes, one repetition (BENCH_QUICK=1): every figure is produced, nothing is judged.
+bench-smoke: setup images
+	$(call run_pytest,HF_HUB_OFFLINE=1 HELM="$(HELM)" $(VENV)/bin/pytest tests/bench $(PYTEST_ARGS))
+
 # The chart on a real cluster last: kind from the offline node image (cluster/README.md).
-test: lint locks-check worker-test chart-test run-test smoke reliability-ci
+test: lint locks-check worker-test chart-test run-test bench-smoke smoke reliability-ci
 
 clean:
 	rm -rf .demo worker/.pytest_cache

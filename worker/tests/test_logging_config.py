@@ -35,3 +35,25 @@ def test_exceptions_are_kept_in_one_line():
     line = JsonFormatter().format(record)
     assert "\n" not in line
     assert "ValueError: boom" in json.loads(line)["exception"]
+
+
+def test_inside_a_task_the_line_names_the_task_and_its_queue():
+    from celery import Celery
+    from celery._state import _task_stack
+
+    app = Celery("logging-test")
+
+    @app.task(name="imagineer.tests.noop")
+    def noop() -> None: ...
+
+    record = logging.LogRecord("celery.app.trace", logging.INFO, __file__, 1, "done", (), None)
+    assert "task_id" not in _format(record)  # no task running
+    noop.push_request(id="t-1", delivery_info={"routing_key": "labeling", "exchange": ""}, hostname="labeling@h")
+    _task_stack.push(noop)
+    try:
+        entry = _format(record)
+    finally:
+        _task_stack.pop()
+        noop.pop_request()
+    assert (entry["task_id"], entry["task_name"], entry["queue"], entry["worker"]) == (
+        "t-1", "imagineer.tests.noop", "labeling", "labeling@h")
