@@ -94,11 +94,11 @@ worker-test: setup
 # Fault injection on real workers and Redis (tests/README.md, "tests/reliability"): every scenario,
 # RELIABILITY_TRIALS trials each; the table lands in tests/reliability/artifacts/results.md.
 # reliability-ci is the short form `make test` runs: the same scenarios, 2 trials, a 2,000-task burst.
-reliability: setup
-	$(call run_pytest,RELIABILITY_TRIALS=$${RELIABILITY_TRIALS:-5} RELIABILITY_BURST=$${RELIABILITY_BURST:-10000} $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS))
+reliability: setup tools
+	$(call run_pytest,HELM=$(HELM) RELIABILITY_TRIALS=$${RELIABILITY_TRIALS:-5} RELIABILITY_BURST=$${RELIABILITY_BURST:-10000} $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS))
 
-reliability-ci: setup
-	$(call run_pytest,RELIABILITY_TRIALS=2 RELIABILITY_BURST=2000 $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS))
+reliability-ci: setup tools
+	$(call run_pytest,HELM=$(HELM) RELIABILITY_TRIALS=2 RELIABILITY_BURST=2000 $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS))
 
 # The Parameters section of the chart README is generated from the @param comments.
 chart-readme: tools
@@ -138,7 +138,7 @@ bench: setup images
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run --markdown bench/results.md
 
 # The bench at tiny sizes, one repetition (BENCH_QUICK=1): every figure is produced, nothing is judged.
-bench-smoke: setup images
+bench-smoke: setup images tools
 	$(call run_pytest,HF_HUB_OFFLINE=1 HELM="$(HELM)" $(VENV)/bin/pytest tests/bench $(PYTEST_ARGS))
 
 # The chart on a real cluster last: kind from the offline node image (cluster/README.md).

@@ -49,32 +49,32 @@ REDELIVERY_BOUND = VISIBILITY + RESTORE_SWEEP + 60
 RESULT_EXPIRES = VISIBILITY + RESTORE_SWEEP + 35
 
 
-def helm() -> str | None:
-    """The chart toolchain's helm (``make tools``), or ``$HELM``; None when neither is there."""
+def helm() -> str:
+    """The chart toolchain's helm: ``$HELM`` (the Makefile passes it) or ``.tools/bin/helm``.
+
+    ``make reliability`` depends on ``tools``, so it is always there; a missing one is an error.
+    """
     path = os.environ.get("HELM") or str(REPO / ".tools" / "bin" / "helm")
-    return path if Path(path).is_file() and os.access(path, os.X_OK) else None
+    if not (Path(path).is_file() and os.access(path, os.X_OK)):
+        raise FileNotFoundError(f"helm not found at {path}: run make tools (make reliability does)")
+    return path
 
 
 def chart_grace_period() -> tuple[int, str]:
     """The workers' ``terminationGracePeriodSeconds`` as the chart derives it for the test-sized limits.
 
-    Rendered by ``helm template`` when helm is installed; otherwise the chart's documented rule
-    (hard limit + ``celery.shutdownMarginSeconds`` from values.yaml).
+    Rendered by ``helm template``: the same rule the Deployments get.
     """
     limits = {"softTimeLimitSeconds": SOFT_LIMIT, "hardTimeLimitSeconds": HARD_LIMIT,
               "visibilityTimeoutSeconds": VISIBILITY}
-    binary = helm()
-    if binary is not None:
-        out = subprocess.run(
-            [binary, "template", "release", str(CHART), "--show-only", "templates/worker/deployment.yaml",
-             "--set", ",".join(f"celery.{k}={v}" for k, v in limits.items())],
-            capture_output=True, text=True, timeout=120, check=True).stdout
-        periods = {d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-                   for d in yaml.safe_load_all(out) if d and d.get("kind") == "Deployment"}
-        assert len(periods) == 1, f"the worker groups render different grace periods: {periods}"
-        return int(periods.pop()), "rendered by helm template"
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    return HARD_LIMIT + int(values["celery"]["shutdownMarginSeconds"]), "values.yaml rule (no helm here)"
+    out = subprocess.run(
+        [helm(), "template", "release", str(CHART), "--show-only", "templates/worker/deployment.yaml",
+         "--set", ",".join(f"celery.{k}={v}" for k, v in limits.items())],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    periods = {d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+               for d in yaml.safe_load_all(out) if d and d.get("kind") == "Deployment"}
+    assert len(periods) == 1, f"the worker groups render different grace periods: {periods}"
+    return int(periods.pop()), "rendered by helm template"
 
 
 def trials() -> int:

@@ -27,14 +27,12 @@ from tests.reliability.harness import (
     chart_grace_period,
     conduct,
     executions,
-    helm,
     row,
     running_execution,
     wait_finished,
 )
 
 
-@pytest.mark.skipif(helm() is None, reason="helm is not installed (make tools): the rule is read from values.yaml")
 def test_the_grace_period_is_the_charts() -> None:
     """What helm renders is the documented default: hard limit + shutdown margin."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
