@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import redis
 import yaml
+from imagineer_worker.testing.services import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "imagineer-workers"
@@ -308,14 +308,8 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
 
 
 def project_env(broker: str, workdir: Path, name: str) -> dict[str, str]:

@@ -93,17 +93,7 @@ def merge_user_values(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Several ``-f`` files: later ones win, maps merge key by key, nulls are kept (Helm's mergeMaps)."""
     out: dict[str, Any] = {}
     for layer in layers:
-        out = _merge_maps(out, layer)
-    return out
-
-
-def _merge_maps(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for key, value in b.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge_maps(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
+        out = merge_overwrite(out, layer)  # the same rule for maps; nulls stay
     return out
 
 
