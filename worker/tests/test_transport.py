@@ -7,13 +7,16 @@ each item exactly once).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import time
 import uuid
 
 import kombu
 import pytest
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from imagineer_worker import transport
 from imagineer_worker.celery_app import create_app
@@ -79,18 +82,69 @@ def test_a_real_message_passes_the_screen(celery_app, redis_server):
 
 
 def test_the_hook_is_on_the_path_kombu_consumes_by(celery_app):
-    """Fails when a kombu upgrade reads BRPOP replies another way, or stops using our classes."""
+    """Fails when a kombu upgrade consumes another way, or stops using our classes."""
     for url, cls in (("redis://127.0.0.1:1/0", transport.Transport), ("rediss://127.0.0.1:1/0", transport.Transport),
                      ("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2", transport.SentinelTransport)):
         assert kombu.Connection(url).transport_cls and type(kombu.Connection(url).transport) is cls
-    source = inspect.getsource(kombu_redis.Channel._brpop_read)
-    assert "self.client.parse_response(" in source and "loads(" in source
-    assert "self.Client(" in inspect.getsource(kombu_redis.Channel._create_client)
+    # the poller sends the consuming command through _brpop_start and reads it through handlers["BRPOP"]
+    assert "channel._brpop_start()" in inspect.getsource(kombu_redis.MultiChannelPoller._register_BRPOP)
+    # each delivered message is recorded through qos.append, and restored from kombu's unacked hash
+    # in the [payload, exchange, routing_key] format POP_AND_RECORD writes
+    assert "self.qos.append(message, message.delivery_tag)" in inspect.getsource(virtual.Channel.basic_consume)
+    assert "M, EX, RK = loads(" in inspect.getsource(kombu_redis.QoS.restore_by_tag)
     with celery_app.connection_for_read() as conn:
         channel = conn.default_channel
-        assert isinstance(channel, transport.Channel)
+        assert isinstance(channel, transport.Channel) and isinstance(channel.qos, transport._QoS)
         assert channel.handlers["BRPOP"].__func__ is transport.Channel._brpop_read
-        assert isinstance(channel.client, transport.ScreenedRedis)
+        assert (channel.unacked_key, channel.unacked_index_key) == ("unacked", "unacked_index")
+
+
+@pytest.mark.parametrize("prefix", ["", "app1:"])
+def test_a_message_is_recorded_unacked_in_the_same_step_that_pops_it(redis_server, monkeypatch, prefix):
+    """A worker killed right after the pop (kombu's BRPOP lost the message there) leaves it restorable."""
+    queue, client = f"atomic-{uuid.uuid4().hex[:8]}", redis_server.client()
+    options = {"visibility_timeout": 1, "global_keyprefix": prefix}
+    with kombu.Connection(redis_server.url, transport_options=options) as conn:
+        conn.SimpleQueue(queue).put({"n": 1})
+        channel = conn.channel()
+        channel.basic_consume(queue, False, lambda message: None, consumer_tag="t")
+
+        def killed(payload, queue):  # what the worker does after the pop never happens
+            raise SystemExit("killed between the pop and the consumer")
+
+        monkeypatch.setattr(channel.connection, "_deliver", killed)
+        conn.transport.cycle._register_BRPOP(channel)  # how the poller sends the consuming command
+        with pytest.raises(SystemExit):
+            channel._brpop_read()
+        assert client.llen(f"{prefix}{queue}") == 0
+        [tag] = client.hkeys(f"{prefix}unacked")
+        assert client.zscore(f"{prefix}unacked_index", tag) is not None
+        # the restore any worker of the app runs once the visibility timeout has passed
+        wait_for(lambda: channel.qos.restore_visible() or client.llen(f"{prefix}{queue}") == 1, 30,
+                 "the message back in its queue")
+        restored = json.loads(client.lindex(f"{prefix}{queue}", 0))
+        assert restored["properties"]["delivery_tag"] == tag.decode()
+        assert restored["properties"]["delivery_info"]["redelivered"] is True
+        assert client.hlen(f"{prefix}unacked") == 0
+
+
+def test_a_consumer_takes_messages_from_every_key_it_consumes(redis_server):
+    """Queues and priority sub-lists alike, although the blocking wait covers one key of them."""
+    queues = [f"wake-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
+    with kombu.Connection(redis_server.url) as conn:
+        got = []
+        consumers = [conn.SimpleQueue(q) for q in queues]
+        for priority, q in ((0, queues[1]), (6, queues[0]), (0, queues[0])):
+            conn.Producer().publish({"q": q, "priority": priority}, routing_key=q, priority=priority,
+                                    declare=[consumers[queues.index(q)].queue])
+        with conn.Consumer([c.queue for c in consumers], callbacks=[lambda body, m: (got.append(body), m.ack())]):
+            deadline = time.monotonic() + 10
+            while len(got) < 3 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=1)
+        assert sorted((b["q"], b["priority"]) for b in got) == sorted(
+            [(queues[1], 0), (queues[0], 6), (queues[0], 0)])
+        assert redis_server.client().hlen("unacked") == 0
 
 
 def test_poison_items_are_dead_lettered_once_and_the_worker_keeps_consuming(workers, celery_app, redis_server):

@@ -15,13 +15,22 @@ delivery past ``max_deliveries`` is not run: the task is marked FAILURE with
 
 The hook is Celery's documented ``Task.Strategy``: :func:`capped_strategy` wraps the default
 strategy. Every task of the app gets it through :class:`Task` (the app's ``task_cls``). The same
-wrapper turns a task message Celery cannot even build a request from into ``InvalidTaskError``,
-which the consumer refuses (and :mod:`.deadletter` keeps) instead of exiting.
+wrapper handles two kinds of malformed task messages before they reach the pool:
+
+- one Celery cannot even build a request from (a body that is not an ``[args, kwargs, embed]``
+  triple, headers without an id) becomes ``InvalidTaskError``, which the consumer refuses (and
+  :mod:`.deadletter` keeps) instead of exiting;
+- one whose ``kwargs`` is not a mapping fails with ``TypeError``, like ``args`` that are not a
+  list do inside the task. Stock Celery raises that in the pool child *before* it has a request
+  to report on: the message was acknowledged with no result and no trace but a warning, so a
+  client waited on ``PENDING`` forever.
 """
 
 from __future__ import annotations
 
 import logging
+import reprlib
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Task as CeleryTask
@@ -36,6 +45,14 @@ from imagineer_worker.deadletter import dead_letter_message
 log = logging.getLogger(__name__)
 
 DELIVERIES_KEY = "imagineer:deliveries:{id}"
+
+
+class _RejectedArguments(Exception):  # noqa: N818 - internal signal, never leaves this module
+    """Raised by :class:`Request` for arguments no task can take; carries the ``TypeError`` to report."""
+
+    def __init__(self, error: TypeError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class DeliveryLimitExceeded(RuntimeError):  # noqa: N818 - the exception name is what alerts match on
@@ -68,6 +85,13 @@ def capped_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
                 return None
         try:
             return handle(message, body, ack, reject, callbacks, **kw)
+        except _RejectedArguments as rejected:
+            task_id = (message.headers or {}).get("id")
+            log.error("task %s[%s] failed: %s", task.name, task_id, rejected.error,
+                      extra={"operation": "malformed_arguments", "task_id": task_id, "task": task.name})
+            fail(task, message, task_id=task_id, exc=rejected.error, dispatcher=dispatcher)
+            ack(log, consumer.connection_errors)
+            return None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # Celery builds the request here, in the consumer, and lets a malformed one (a body that
             # is not an [args, kwargs, embed] triple, headers without an id) stop the worker with
@@ -88,6 +112,11 @@ def refuse(task: Any, message: Any, *, task_id: str, delivery: int, cap: int, di
     dead_letter_message(message, str(exc), fresh=True, operation="redelivery_cap", task_id=task_id, task=task.name,
                         deliveries=delivery)
     task.backend.client.delete(get_settings().key(DELIVERIES_KEY.format(id=task_id)))
+    fail(task, message, task_id=task_id, exc=exc, dispatcher=dispatcher)
+
+
+def fail(task: Any, message: Any, *, task_id: str, exc: Exception, dispatcher: Any) -> None:
+    """Record FAILURE for a task that will not run, and tell the exporter (``task-failed``)."""
     headers = message.headers or {}
     request = Context(id=task_id, task=task.name, args=headers.get("argsrepr"), kwargs=headers.get("kwargsrepr"),
                       delivery_info=message.delivery_info, hostname=None, ignore_result=False)
@@ -97,7 +126,8 @@ def refuse(task: Any, message: Any, *, task_id: str, delivery: int, cap: int, di
 
 
 class Request(CeleryRequest):  # type: ignore[misc]
-    """Celery's request, with a cancellation that survives the broker being away.
+    """Celery's request: refuses ``kwargs`` that are not a mapping, and its cancellation survives
+    the broker being away.
 
     On a broker connection loss Celery terminates running late-ack tasks
     (``worker_cancel_long_running_tasks_on_connection_loss``) so that their redelivery cannot run
@@ -107,6 +137,13 @@ class Request(CeleryRequest):  # type: ignore[misc]
     tests/reliability scenario 3). Marking first and logging the write's failure keeps the message
     unacknowledged, so it is redelivered like after a longer outage.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self._kwargs, Mapping):
+            raise _RejectedArguments(TypeError(
+                f"{self.name}() keyword arguments must be a JSON object, got {type(self._kwargs).__name__}: "
+                f"{reprlib.repr(self._kwargs)}"))
 
     def _announce_cancelled(self, emit_retry: bool = True) -> None:
         self._already_cancelled = True
