@@ -124,12 +124,17 @@ def poison_shapes(template: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
         "no task header": dumps(variant(put(["headers"], {}))),
         "unregistered task": dumps(variant(put(["headers", "task"], "no.such.task"))),
         "body not an args/kwargs triple": dumps(variant(put(["body"], _b64(b'"just a string"')))),
+        "body a pair": dumps(variant(put(["body"], _b64(b'[[], {"seconds": 0}]')))),
+        "body of four": dumps(variant(put(["body"], _b64(b'[[], {"seconds": 0}, {}, 1]')))),
+        "embed not an object": dumps(variant(put(["body"], _b64(b'[[], {"seconds": 0}, 5]')))),
+        "embed null": dumps(variant(put(["body"], _b64(b'[[], {"seconds": 0}, null]')))),
     }
     # A registered task whose arguments it cannot take fails (TypeError), is acknowledged and never
     # retried, like any invalid payload (tasks/base.py): its end state is FAILURE, not the dead list.
     failing: dict[str, bytes] = {
         "args not a list": dumps(variant(put(["body"], _b64(b'[5, {}, {}]')))),
         "kwargs not an object": dumps(variant(put(["body"], _b64(b'[[], [1], {}]')))),
+        "kwargs null": dumps(variant(put(["body"], _b64(b'[[], null, {}]')))),
         "unknown keyword argument": dumps(variant(put(["body"], _b64(b'[[], {"no_such_arg": 1}, {}]')))),
     }
     return {**{k: (v, RAW) for k, v in raw.items()}, **{k: (v, REFUSED) for k, v in refused.items()},

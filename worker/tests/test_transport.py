@@ -215,15 +215,21 @@ def test_messages_celery_refuses_are_kept_in_the_dead_letter_list(workers, celer
         producer.publish("just a string", routing_key="default", serializer="json",
                          headers={**headers, "id": str(uuid.uuid4())})
         producer.publish([[], {}, {}], routing_key="default", serializer="json", headers=headers)  # no id
+        # an embed that is not an object: stock Celery ran the task, then its pool callback raised
+        # and the task stayed PENDING for good
+        for embed in (5, None):
+            producer.publish([[], {"seconds": 0}, embed], routing_key="default", serializer="json",
+                             headers={**headers, "id": str(uuid.uuid4())})
     after = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default")
     assert after.get(timeout=60) == "done"
-    wait_for(lambda: len(_dead(redis_server)) == 4, 30, "every refused message in default.dead")
+    wait_for(lambda: len(_dead(redis_server)) == 6, 30, "every refused message in default.dead")
     kept = [json.loads(raw) for raw in _dead(redis_server)]
     assert kept[0]["headers"]["id"] == unknown.id
     assert kept[1]["content-type"] == "application/x-python-serialize"
     reasons = [e["reason"] for e in _log_events(w, "dead_letter")]
     assert "not registered" in reasons[0] and "ContentDisallowed" in reasons[1]
     assert "malformed task message" in reasons[2] and "malformed task message" in reasons[3]
+    assert ["(embed) is not an object" in r for r in reasons[4:]] == [True, True]
     assert w.proc.poll() is None
 
 

@@ -18,7 +18,7 @@ strategy. Every task of the app gets it through :class:`Task` (the app's ``task_
 wrapper handles two kinds of malformed task messages before they reach the pool:
 
 - one Celery cannot even build a request from (a body that is not an ``[args, kwargs, embed]``
-  triple, headers without an id) becomes ``InvalidTaskError``, which the consumer refuses (and
+  triple or whose ``embed`` is not an object, headers without an id) becomes ``InvalidTaskError``, which the consumer refuses (and
   :mod:`.deadletter` keeps) instead of exiting;
 - one whose ``kwargs`` is not a mapping fails with ``TypeError``, like ``args`` that are not a
   list do inside the task. Stock Celery raises that in the pool child *before* it has a request
@@ -140,6 +140,8 @@ class Request(CeleryRequest):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if not isinstance(self._payload[2], Mapping):  # Celery reads it in the pool callback: PENDING forever
+            raise InvalidTaskError(f"the body's third element (embed) is not an object: {reprlib.repr(self._payload[2])}")
         if not isinstance(self._kwargs, Mapping):
             raise _RejectedArguments(TypeError(
                 f"{self.name}() keyword arguments must be a JSON object, got {type(self._kwargs).__name__}: "
