@@ -9,7 +9,14 @@ import sys
 import pytest
 from celery.schedules import crontab
 
-from imagineer_worker.celery_app import beat_schedule, celery, celery_config, redbeat_config, task_routes
+from imagineer_worker.celery_app import (
+    beat_schedule,
+    celery,
+    celery_config,
+    redbeat_config,
+    task_modules,
+    task_routes,
+)
 from imagineer_worker.config import load_settings
 
 
@@ -109,6 +116,19 @@ def test_redeliveries_are_capped_and_deduplicated_and_soft_shutdown_is_off():
 def test_each_task_routes_to_its_queue(task, queue):
     assert task in celery.tasks, f"{task} is not registered"
     assert celery.amqp.router.route({}, task)["queue"].name == queue
+
+
+@pytest.mark.parametrize(("queues", "env", "modules"), [
+    ("default", {}, ["maintenance"]),
+    (["default", "labeling"], {}, ["maintenance", "labeling"]),
+    ("scraping,training", {}, ["scraping", "training"]),
+    ("labeling", {"IMAGINEER_MAINTENANCE_QUEUE": "labeling"}, ["maintenance", "labeling"]),
+    (None, {}, ["maintenance", "scraping", "labeling", "training"]),  # no -Q
+    ("default,other", {}, ["maintenance", "scraping", "labeling", "training"]),  # a queue no route names
+    ("default", {"IMAGINEER_MAINTENANCE_QUEUE": "labeling"}, ["maintenance", "scraping", "labeling", "training"]),
+])
+def test_a_worker_imports_the_task_modules_routed_to_its_queues(queues, env, modules):
+    assert task_modules(load_settings(env), queues) == [f"imagineer_worker.tasks.{m}" for m in modules]
 
 
 def test_maintenance_follows_the_configured_queue():

@@ -15,6 +15,7 @@ import uuid
 
 import kombu
 import pytest
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
@@ -126,6 +127,29 @@ def test_a_message_is_recorded_unacked_in_the_same_step_that_pops_it(redis_serve
         assert restored["properties"]["delivery_tag"] == tag.decode()
         assert restored["properties"]["delivery_info"]["redelivered"] is True
         assert client.hlen(f"{prefix}unacked") == 0
+
+
+def test_a_channel_closes_in_one_go_when_the_reply_in_flight_is_lost(redis_server, monkeypatch):
+    """kombu's close stopped halfway when the reply in flight was lost with the connection; Celery's
+    next close, after kombu had detached the transport, then stopped the worker with an
+    AttributeError (tests/reliability scenario 3)."""
+    conn = kombu.Connection(redis_server.url)
+    conn.SimpleQueue("close-test").put({"n": 1})
+    channel = conn.default_channel
+    channel.basic_consume("close-test", False, lambda message: None, consumer_tag="t")
+    conn.drain_events(timeout=5)  # delivered, not acknowledged: the close restores it
+    assert channel.qos._delivered
+    channel._waiting = True
+    conn.transport.cycle._register_BRPOP(channel)  # the blocking wait is in flight ...
+
+    def lost(*args, **kwargs):  # ... and its reply is lost with the connection
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(channel.client, "parse_response", lost)
+    channel.close()
+    assert channel.closed
+    assert redis_server.client().llen("close-test") == 1  # restored
+    conn.close()
 
 
 def test_a_consumer_takes_messages_from_every_key_it_consumes(redis_server):

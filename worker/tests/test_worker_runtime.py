@@ -99,6 +99,15 @@ def test_a_worker_only_consumes_its_own_queues(workers, celery_app):
     assert AsyncResult(on_training.id, app=celery_app).state == "PENDING"
 
 
+def test_a_worker_registers_only_the_tasks_of_its_queues(workers, celery_app, redis_server):
+    workers("default", extra_args=SLOW)
+    # a labeling task pushed onto `default` by mistake: the default worker never imported it
+    misrouted = celery_app.send_task("imagineer.labeling.label_batch", kwargs={}, queue="default")
+    assert celery_app.send_task("imagineer.maintenance.record_disk_usage", queue="default").get(timeout=60)
+    wait_for(lambda: redis_server.client().llen("default.dead") == 1, 30, "the misrouted task in default.dead")
+    assert json.loads(redis_server.client().lindex("default.dead", 0))["headers"]["id"] == misrouted.id
+
+
 def test_pickle_messages_are_refused_never_executed(workers, celery_app):
     w = workers("default", extra_args=SLOW)
     evil = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="default", serializer="pickle")

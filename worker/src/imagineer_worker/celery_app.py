@@ -17,7 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery, bootsteps, signals
+from celery.apps.worker import Worker as WorkerApp
 from celery.schedules import crontab
+from kombu.utils.objects import cached_property
 
 from imagineer_worker import health, transport
 from imagineer_worker.concurrency import available_vcpus, effective_concurrency
@@ -42,6 +44,38 @@ def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
         "imagineer.labeling.*": {"queue": "labeling"},
         "imagineer.maintenance.*": {"queue": settings.maintenance_queue},
     }
+
+
+def task_modules(settings: Settings, queues: Any) -> list[str]:
+    """The task modules a worker consuming ``queues`` (``-Q``) imports: those routed to them.
+
+    A ``default`` worker then never loads Pillow, the SSRF guard or the other queues' payload
+    models (8 MiB of RSS over its three processes, docs/benchmarks.md), and cannot be made to run
+    another queue's task by a misrouted message: it refuses it as unregistered (dead-lettered).
+    Without ``-Q``, or with a queue no route names, every module is imported.
+    """
+    names = {q.strip() for q in (queues.split(",") if isinstance(queues, str) else queues or ()) if q.strip()}
+    routed = {f"imagineer_worker.tasks.{prefix.split('.')[1]}": route["queue"]
+              for prefix, route in task_routes(settings).items()}
+    if not names or not names <= set(routed.values()):
+        return list(TASK_MODULES)
+    return [module for module in TASK_MODULES if routed[module] in names]
+
+
+class Worker(WorkerApp):  # type: ignore[misc]
+    """Celery's worker program, importing only the task modules of the queues it consumes."""
+
+    def __init__(self, *args: Any, queues: Any = None, **kwargs: Any) -> None:
+        self.app.conf.include = task_modules(get_settings(), queues)
+        super().__init__(*args, queues=queues, **kwargs)
+
+
+class ImagineerCelery(Celery):  # type: ignore[misc]
+    """The Celery app class; its ``celery worker`` program is :class:`Worker`."""
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802 - Celery's name
+        return self.subclass_with_self(f"{__name__}:Worker")
 
 
 def disk_sample_schedule(settings: Settings) -> tuple[crontab, int]:
@@ -204,7 +238,7 @@ def create_app(settings: Settings) -> Celery:
     # beat opens its schedule file here before any signal fires
     settings.health_dir.mkdir(parents=True, exist_ok=True)
     transport.install()  # kombu's Redis transport with the hook that dead-letters poison items
-    app = Celery("imagineer", include=list(TASK_MODULES), task_cls="imagineer_worker.redelivery:Task")
+    app = ImagineerCelery("imagineer", include=list(TASK_MODULES), task_cls="imagineer_worker.redelivery:Task")
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(HealthFiles)
     return app

@@ -18,8 +18,9 @@ strategy. Every task of the app gets it through :class:`Task` (the app's ``task_
 wrapper handles two kinds of malformed task messages before they reach the pool:
 
 - one Celery cannot even build a request from (a body that is not an ``[args, kwargs, embed]``
-  triple or whose ``embed`` is not an object, headers without an id) becomes ``InvalidTaskError``, which the consumer refuses (and
-  :mod:`.deadletter` keeps) instead of exiting;
+  triple or whose ``embed`` is not an object, headers without an id) becomes
+  ``InvalidTaskError``, which the consumer refuses (and :mod:`.deadletter` keeps) instead of
+  exiting (or, for ``embed``, running the task and leaving it ``PENDING``);
 - one whose ``kwargs`` is not a mapping fails with ``TypeError``, like ``args`` that are not a
   list do inside the task. Stock Celery raises that in the pool child *before* it has a request
   to report on: the message was acknowledged with no result and no trace but a warning, so a
@@ -140,8 +141,9 @@ class Request(CeleryRequest):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self._payload[2], Mapping):  # Celery reads it in the pool callback: PENDING forever
-            raise InvalidTaskError(f"the body's third element (embed) is not an object: {reprlib.repr(self._payload[2])}")
+        embed = self._payload[2]
+        if not isinstance(embed, Mapping):  # Celery reads it in the pool callback: PENDING forever
+            raise InvalidTaskError(f"the body's third element (embed) is not an object: {reprlib.repr(embed)}")
         if not isinstance(self._kwargs, Mapping):
             raise _RejectedArguments(TypeError(
                 f"{self.name}() keyword arguments must be a JSON object, got {type(self._kwargs).__name__}: "

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -132,7 +133,10 @@ end
 return nil
 """
 POP_AND_RECORD_SHA = hashlib.sha1(POP_AND_RECORD.encode()).hexdigest()
-MULTI_KEY_WAIT_SECONDS = 0.25  # the longest an idle worker takes to see a message on a key it does not wait on
+# The longest an idle worker of several queues takes to see a message on a queue it does not wait
+# on; one of a single queue waits on its main list for ``brpop_timeout`` (1 s), and a message on
+# one of its priority sub-lists waits that long at most (under load every pop looks at all keys).
+MULTI_QUEUE_WAIT_SECONDS = 0.25
 
 
 class _QoS(kombu_redis.QoS):
@@ -168,7 +172,7 @@ class _ScreeningChannel:
         (seen in tests/reliability scenario 7: 1 task in 50,000 under repeated ``kill -9``).
         No Redis command blocks on several lists without popping, so the wait is
         ``BLMOVE k k RIGHT RIGHT`` (it leaves the list as it is) on the first key in kombu's
-        order; the other keys are looked at again every :data:`MULTI_KEY_WAIT_SECONDS` at most.
+        order (see :data:`MULTI_QUEUE_WAIT_SECONDS` for the others).
         """
         if self._wrong_type:
             self._recheck_wrong_types()
@@ -179,8 +183,8 @@ class _ScreeningChannel:
                 for pri in self.priority_steps for queue in queues]  # type: ignore[attr-defined]
         if self._waiting:
             wait = self.brpop_timeout if timeout is None else timeout  # type: ignore[attr-defined]
-            if len(keys) > 1:
-                wait = min(wait or MULTI_KEY_WAIT_SECONDS, MULTI_KEY_WAIT_SECONDS)
+            if len(queues) > 1:
+                wait = min(wait or MULTI_QUEUE_WAIT_SECONDS, MULTI_QUEUE_WAIT_SECONDS)
             command: list[Any] = ["BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait or 0]
         else:
             if not self._script_loaded:
@@ -229,6 +233,22 @@ class _ScreeningChannel:
             flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7
             if flush is not None:
                 flush()
+
+    def close(self) -> None:
+        """kombu's close, which a reply lost with the connection no longer stops halfway.
+
+        kombu's ``Channel.close`` first reads the reply of the consuming command in flight. Right
+        after the broker went away that read raises, the close stops before the channel is marked
+        closed, and Celery's second close (after kombu has detached the transport) then tries to
+        restore the unacknowledged messages without connection details and stops the worker:
+        ``Unrecoverable error: AttributeError("'NoneType' object has no attribute 'hostname'")``
+        (tests/reliability scenario 3). The messages stay in the ``unacked`` hash either way and come
+        back with the visibility timeout.
+        """
+        if self._in_poll:  # type: ignore[has-type]
+            with contextlib.suppress(Empty, *self.connection_errors):  # type: ignore[attr-defined]
+                self._brpop_read()
+        super().close()  # type: ignore[misc]
 
     def _forget(self, tag: bytes) -> None:
         prefix = self.global_keyprefix  # type: ignore[attr-defined]
