@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.helm import render_error
+from tests.chart.helm import render_chart, render_error
 
 INVALID = [
     # (values, a string the message must contain)
@@ -113,7 +113,16 @@ INVALID = [
     ({"broker": {"url": "redis://:p%40ss@redis:6379/0"}, "workers": {"training": {"autoscaling": {"enabled": True}}}},
      "broker.url: its user or password is percent-encoded"),
     ({"keda": {"addressKey": ""}}, "keda.addressKey"),
+    # not a Kubernetes quantity ("K" is not a suffix: kubectl would refuse the pod)
+    *[({"workers": {"training": {"resources": {"limits": {"memory": bad}}}}},
+       "workers.training.resources.limits.memory") for bad in ("16K", "16 Gi", "16gi", "Gi")],
 ]
+
+# The memory check reads every suffix Kubernetes accepts: a training group holding an 8 GiB
+# checkpoint needs a limit of 8 x 1.3 = 10.4 GiB; each form below says 11 GiB, or 10 GiB.
+ELEVEN_GI = ["11Gi", "11264Mi", "11534336Ki", 11811160064, "11811160064", "11811161k", "11812M", "11.9G",
+             "0.0108Ti", "11811160064000m", "0.0000105Pi", "0.0119T"]
+TEN_GI = ["10Gi", "10240Mi", 10737418240, "10737419k", "10738M", "10.7G", "0.0097Ti", "10737418240000m"]
 
 
 @pytest.mark.parametrize(("values", "expected"), INVALID, ids=[e.split(" ")[0] for _, e in INVALID])
@@ -132,3 +141,14 @@ def test_every_problem_is_listed_at_once_with_a_count() -> None:
     assert [line.split(" ")[0] for line in lines] == [
         "workers.scraping.terminationGracePeriodSeconds", "flower.basicAuth.username",
         "monitoring.serviceMonitor.enabled"], message
+
+
+@pytest.mark.parametrize("memory", ELEVEN_GI, ids=str)
+def test_memory_in_any_kubernetes_form_is_read_by_its_value(memory):
+    render_chart({"workers": {"training": {"checkpointSizeGi": 8, "resources": {"limits": {"memory": memory}}}}})
+
+
+@pytest.mark.parametrize("memory", TEN_GI, ids=str)
+def test_memory_below_the_checkpoints_is_refused_in_any_form(memory):
+    assert "is below workers.training.checkpointSizeGi x 1.3 x concurrency = 10.4Gi" in render_error(
+        {"workers": {"training": {"checkpointSizeGi": 8, "resources": {"limits": {"memory": memory}}}}})

@@ -25,7 +25,6 @@ import pytest
 from imagineer_worker.config import load_settings
 from imagineer_worker.netguard import (
     AddressRefused,
-    DomainRateLimiter,
     FetchError,
     FetchPolicy,
     FetchRefused,
@@ -36,6 +35,7 @@ from imagineer_worker.netguard import (
     direct_connect,
     fetch,
 )
+from imagineer_worker.ratelimit import DomainRateLimiter
 from imagineer_worker.testing.fixture_site import FixtureSite
 from imagineer_worker.testing.services import RedisServer
 

@@ -78,21 +78,21 @@ callers use (fromYaml (include "imagineer.group" (dict "root" $ "name" $name))).
 {{- toYaml (mergeOverwrite (deepCopy .root.Values.workerDefaults) (deepCopy $group)) -}}
 {{- end -}}
 
-{{/* Memory quantity (e.g. 16Gi, 512Mi, 2G) in GiB as a float; 0 when empty. */}}
+{{/* A memory quantity (16Gi, 512Mi, 2G, 1500M, 128974848) in GiB as a float; 0 when empty.
+Every suffix Kubernetes accepts, as the schema's pattern lists them: Ki Mi Gi Ti Pi Ei, k M G T P E,
+m (milli). Anything else fails naming the value instead of reading as 0. */}}
 {{- define "imagineer.memoryGi" -}}
-{{- $q := toString . -}}
-{{- $units := dict "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "K" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 -}}
-{{- $bytes := 0.0 -}}
-{{- if regexMatch "^[0-9.]+$" $q -}}
-{{- $bytes = float64 $q -}}
+{{- $q := ternary (printf "%.0f" (float64 .)) (toString .) (or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .)) -}}
+{{- $units := dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
+{{- $re := "^([0-9]+(?:\\.[0-9]+)?)([a-zA-Z]*)$" -}}
+{{- $suffix := regexReplaceAll $re $q "${2}" -}}
+{{- if not $q -}}
+0
+{{- else if not (and (regexMatch $re $q) (hasKey $units $suffix)) -}}
+{{- fail (printf "%q is not a memory quantity Kubernetes accepts: a number with one of the suffixes Ki Mi Gi Ti Pi Ei, k M G T P E, m" $q) -}}
 {{- else -}}
-{{- range $suffix, $factor := $units -}}
-{{- if and (hasSuffix $suffix $q) (regexMatch "^[0-9.]+$" (trimSuffix $suffix $q)) -}}
-{{- $bytes = mulf (float64 (trimSuffix $suffix $q)) $factor -}}
+{{- divf (mulf (float64 (regexReplaceAll $re $q "${1}")) (get $units $suffix)) 1073741824.0 -}}
 {{- end -}}
-{{- end -}}
-{{- end -}}
-{{- divf $bytes 1073741824.0 -}}
 {{- end -}}
 
 {{/* `celery worker` arguments built from the structured values (or the `args` escape hatch). */}}

@@ -25,6 +25,7 @@ from imagineer_worker import health, transport
 from imagineer_worker.concurrency import available_vcpus, effective_concurrency
 from imagineer_worker.config import CONFIG_ENV, ConfigError, ConfigWatcher, Settings, get_settings
 from imagineer_worker.logging_config import configure_logging
+from imagineer_worker.tasks import names
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +98,17 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     disk_schedule, disk_seconds = disk_sample_schedule(settings)
     return {
         "record-disk-usage": {
-            "task": "imagineer.maintenance.record_disk_usage",
+            "task": names.RECORD_DISK_USAGE,
             "schedule": disk_schedule,
             "options": {"queue": queue, "expires": disk_seconds},
         },
         "purge-stale-training": {
-            "task": "imagineer.maintenance.purge_stale_training",
+            "task": names.PURGE_STALE_TRAINING,
             "schedule": crontab(minute=0, hour=settings.purge_training_hour),
             "options": {"queue": queue, "expires": 24 * 3600},
         },
         "purge-stale-scrapes": {
-            "task": "imagineer.maintenance.purge_stale_scrapes",
+            "task": names.PURGE_STALE_SCRAPES,
             "schedule": crontab(minute=0, hour=settings.purge_scrape_hour),
             "options": {"queue": queue, "expires": 24 * 3600},
         },

@@ -274,7 +274,8 @@ def set_settings(settings: Settings | None) -> None:
         _current = settings
 
 
-def _redact(key: str, value: Any) -> Any:
+def redact(key: str, value: Any) -> str:
+    """A setting as logs and ``imagineer-workers config`` show it: URLs (they may carry a password) hidden."""
     return "<redacted>" if key in ("broker_url", "result_backend") else str(value)
 
 
@@ -319,7 +320,7 @@ class ConfigWatcher:
                     "config reload rejected, keeping the last good config: %s", exc,
                     extra={"operation": "config_reload", "status": "rejected"})
             return False
-        changes = {k: {"old": _redact(k, a), "new": _redact(k, b)} for k, (a, b) in old.diff(new).items()}
+        changes = {k: {"old": redact(k, a), "new": redact(k, b)} for k, (a, b) in old.diff(new).items()}
         set_settings(new)
         log.log(logging.INFO if announce else logging.DEBUG, "config reloaded from %s: %s", self.path,
                 ", ".join(sorted(changes)) or "no setting changed",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagineer_worker.tasks import names
 from imagineer_worker.testing.fixture_site import FixtureSite
 from imagineer_worker.testing.services import CeleryProcess, RedisServer
 
@@ -86,7 +87,7 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def status(app: Any, outcomes: list[Outcome]) -> None:
-    from imagineer_worker.cli import run_doctor
+    from imagineer_worker.doctor import run_doctor
 
     inspector = app.control.inspect(timeout=3)
     active_queues = inspector.active_queues() or {}
@@ -105,7 +106,7 @@ def status(app: Any, outcomes: list[Outcome]) -> None:
     print_table("Tasks", ["step", "task", "queue", "state", "seconds", "result"],
                 [[o.step.name, o.step.task.removeprefix("imagineer."), o.queue, o.state, f"{o.seconds:.1f}",
                   o.summary] for o in outcomes])
-    checks = run_doctor(list(GUIDE_WORKERS), timeout=3, beat_max_age_hours=12)
+    checks = run_doctor(app, list(GUIDE_WORKERS), timeout=3)
     print_table("Doctor", ["verdict", "check", "detail"], [[c.verdict, c.name, c.detail] for c in checks])
 
 
@@ -145,16 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         from imagineer_worker.celery_app import celery
 
         steps = [
-            Step("scrape", "imagineer.scraping.scrape_dataset",
+            Step("scrape", names.SCRAPE_DATASET,
                  {"dataset_id": "demo", "page_url": f"{site.base_url}/gallery.html"}),
-            Step("label", "imagineer.labeling.label_dataset",
+            Step("label", names.LABEL_DATASET,
                  {"dataset_id": "demo", "batch_size": 2, "default_caption": "a square"}),
-            Step("train", "imagineer.training.train_lora",
+            Step("train", names.TRAIN_LORA,
                  {"job_id": "demo-lora", "base_model": str(model), "manifest": "labels/demo/manifest.json",
                   "steps": args.steps, "resolution": 64, "checkpoint_every": 10}, timeout=900),
-            Step("disk usage", "imagineer.maintenance.record_disk_usage", {}),
-            Step("purge training", "imagineer.maintenance.purge_stale_training", {"dry_run": True}),
-            Step("purge scrapes", "imagineer.maintenance.purge_stale_scrapes", {"dry_run": True}),
+            Step("disk usage", names.RECORD_DISK_USAGE, {}),
+            Step("purge training", names.PURGE_STALE_TRAINING, {"dry_run": True}),
+            Step("purge scrapes", names.PURGE_STALE_SCRAPES, {"dry_run": True}),
         ]
         outcomes: list[Outcome] = []
         for step in steps:

@@ -16,7 +16,8 @@ internal admin page. ``fetch`` therefore:
   host name;
 * follows redirects itself, checking every hop the same way;
 * streams the body with a size cap and per-read plus per-hop time limits;
-* waits for a per-domain slot shared by every scraping worker through Redis (``DomainRateLimiter``).
+* waits for a per-domain slot shared by every scraping worker through Redis
+  (:class:`imagineer_worker.ratelimit.DomainRateLimiter`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
+
+from imagineer_worker.ratelimit import DomainRateLimiter, RedisLike
 
 if TYPE_CHECKING:
     from imagineer_worker.config import Settings
@@ -142,49 +145,6 @@ def parse_allow_list(entries: Iterable[str]) -> tuple[tuple[IPNetwork, ...], fro
         except ValueError:
             hosts.add(entry.lower().rstrip("."))
     return tuple(networks), frozenset(hosts)
-
-
-# --- shared per-domain rate limit -----------------------------------------------------------------
-
-
-class RedisLike(Protocol):
-    def set(self, name: str, value: str, *, nx: bool, px: int) -> Any: ...
-    def pttl(self, name: str) -> Any: ...
-    def pexpire(self, name: str, time: int) -> Any: ...
-
-
-@dataclass
-class DomainRateLimiter:
-    """At most one request per ``interval`` seconds to a domain, across every worker and process.
-
-    The slot is a Redis key ``SET ... NX PX interval``: whoever creates it may send; everyone
-    else sleeps for the key's remaining TTL and tries again. Nothing needs releasing, so a
-    crashed worker cannot leave a domain locked for longer than one interval.
-    """
-
-    client: RedisLike
-    interval: float
-    prefix: str = "imagineer:ratelimit:"
-    sleep: Callable[[float], None] = time.sleep
-
-    def acquire(self, domain: str) -> float:
-        """Block until this process may send to ``domain``; returns the seconds it waited."""
-        if self.interval <= 0:
-            return 0.0
-        interval_ms = max(1, round(self.interval * 1000))
-        key = self.prefix + domain.lower()
-        if self.client.set(key, "1", nx=True, px=interval_ms):
-            return 0.0
-        started = time.monotonic()
-        while True:
-            ttl = int(self.client.pttl(key))
-            if ttl == -1:  # a key without expiry (set by hand?) would block the domain forever
-                self.client.pexpire(key, interval_ms)
-                ttl = interval_ms
-            if ttl > 0:
-                self.sleep(min(ttl, interval_ms) / 1000)
-            if self.client.set(key, "1", nx=True, px=interval_ms):
-                return time.monotonic() - started
 
 
 # --- policy ---------------------------------------------------------------------------------------

@@ -53,7 +53,12 @@ class DataDir:
         self.root = Path(root)
 
     def area(self, name: str) -> Path:
-        assert name in AREAS, name
+        """One of the data directory's top-level areas; a name outside :data:`AREAS` is a bug.
+
+        Raised, not asserted: ``python -O`` drops asserts, and this guards where files are written.
+        """
+        if name not in AREAS:
+            raise ValueError(f"unknown data area {name!r}: one of {', '.join(AREAS)}")
         return self.root / name
 
     def scrape_dir(self, dataset_id: str) -> Path:

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-from billiard.exceptions import SoftTimeLimitExceeded
 from celery import group, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import Field, field_validator
 
 from imagineer_worker import images
@@ -41,6 +41,7 @@ from imagineer_worker.storage import (
     read_json,
     safe_id,
 )
+from imagineer_worker.tasks import names
 from imagineer_worker.tasks.base import ImagineerTask, InvalidPayload, Payload, validate
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def _caption(
     return None, None
 
 
-@shared_task(name="imagineer.labeling.label_dataset", base=ImagineerTask, bind=True)
+@shared_task(name=names.LABEL_DATASET, base=ImagineerTask, bind=True)
 def label_dataset(self: ImagineerTask, **payload: Any) -> Any:
     """Validate, split the dataset into batches and replace this task with the labeling chord."""
     p = validate(LabelDatasetPayload, payload)
@@ -216,7 +217,7 @@ def _inspect(data: DataDir, dataset_id: str, item: BatchItem) -> dict[str, Any]:
     }
 
 
-@shared_task(name="imagineer.labeling.label_batch", base=ImagineerTask, bind=True)
+@shared_task(name=names.LABEL_BATCH, base=ImagineerTask, bind=True)
 def label_batch(self: ImagineerTask, **payload: Any) -> dict[str, Any]:
     """Check and label one batch; a bad image is an item error, never a failed batch."""
     p = validate(LabelBatchPayload, payload)
@@ -259,7 +260,7 @@ def label_batch(self: ImagineerTask, **payload: Any) -> dict[str, Any]:
     return result
 
 
-@shared_task(name="imagineer.labeling.finalize_labels", base=ImagineerTask, bind=True)
+@shared_task(name=names.FINALIZE_LABELS, base=ImagineerTask, bind=True)
 def finalize_labels(
     self: ImagineerTask, batch_results: list[dict[str, Any]], **payload: Any
 ) -> dict[str, Any]:

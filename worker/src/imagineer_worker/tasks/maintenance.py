@@ -37,6 +37,7 @@ from pydantic import Field, StrictBool
 
 from imagineer_worker.config import get_settings
 from imagineer_worker.storage import AREAS, UnsafePathError, atomic_write_bytes, inside, safe_id
+from imagineer_worker.tasks import names
 from imagineer_worker.tasks.base import ImagineerTask, Payload, validate
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _walk(root: Path) -> tuple[int, int, float]:
 # --- disk usage -------------------------------------------------------------------------------
 
 
-@shared_task(name="imagineer.maintenance.record_disk_usage", base=ImagineerTask, bind=True)
+@shared_task(name=names.RECORD_DISK_USAGE, base=ImagineerTask, bind=True)
 def record_disk_usage(self: ImagineerTask, **payload: Any) -> dict[str, Any]:
     """Sample bytes and files per data area plus the volume's usage; keep the last N samples."""
     validate(NoPayload, payload)
@@ -247,13 +248,13 @@ def _purge(
     return result
 
 
-@shared_task(name="imagineer.maintenance.purge_stale_training", base=ImagineerTask, bind=True)
+@shared_task(name=names.PURGE_STALE_TRAINING, base=ImagineerTask, bind=True)
 def purge_stale_training(self: ImagineerTask, **payload: Any) -> dict[str, Any]:
     """Delete ``training/<job_id>/`` directories unchanged for ``max_age_days`` (default 14)."""
     return _purge(self, "training", payload, get_settings().purge_training_max_age_days)
 
 
-@shared_task(name="imagineer.maintenance.purge_stale_scrapes", base=ImagineerTask, bind=True)
+@shared_task(name=names.PURGE_STALE_SCRAPES, base=ImagineerTask, bind=True)
 def purge_stale_scrapes(self: ImagineerTask, **payload: Any) -> dict[str, Any]:
     """Delete stale ``scrapes/<id>/`` (default 30 days) and their ``labels/<id>/`` with them."""
     return _purge(self, "scrapes", payload, get_settings().purge_scrape_max_age_days, companion="labels")

@@ -27,11 +27,12 @@ from imagineer_worker import images
 from imagineer_worker.config import get_settings
 from imagineer_worker.netguard import FetchError, FetchPolicy, FetchRefused, fetch
 from imagineer_worker.storage import atomic_write_bytes, atomic_write_json, read_json, safe_id
+from imagineer_worker.tasks import names
 from imagineer_worker.tasks.base import ImagineerTask, InvalidPayload, Payload, validate
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "imagineer.scraping.scrape_dataset"
+TASK_NAME = names.SCRAPE_DATASET
 MAX_URLS = 10_000
 MAX_URL_LENGTH = 8192
 # Pillow plugins we let near untrusted bytes, and their file extensions: shared with labeling.

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 from redis.exceptions import RedisError
 
 from imagineer_worker.storage import safe_id
+from imagineer_worker.tasks import names
 from imagineer_worker.tasks.base import ImagineerTask, InvalidPayload, Payload, validate
 from imagineer_worker.training.dataset import load_manifest
 from imagineer_worker.training.errors import (
@@ -40,7 +41,7 @@ from imagineer_worker.training.softlimit import soft_limit_deferred
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "imagineer.training.train_lora"
+TASK_NAME = names.TRAIN_LORA
 # PROGRESS updates go to the result backend at most this often (plus the last step): one Redis
 # write per step would be thousands of writes for a fast GPU job and nobody polls that fast.
 PROGRESS_INTERVAL_SECONDS = 0.5
