@@ -8,8 +8,11 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 STAMP        := $(VENV)/.installed
-# Debian's docker.io only where no Docker engine is installed (a runner with docker-ce keeps it).
-APT_PACKAGES := redis-server openssl debootstrap $(if $(shell command -v dockerd),,docker.io)
+APT_PACKAGES := redis-server openssl
+# Only where images are built or run (make images, docker-engine: run-test, bench, the kind cluster):
+# debootstrap for the local base image, and Debian's docker.io where no Docker engine is installed
+# (a runner with docker-ce keeps it).
+DOCKER_APT_PACKAGES := debootstrap $(if $(shell command -v dockerd),,docker.io)
 # Only for run-test: Flower is checked in a real headless browser.
 RUN_TEST_APT_PACKAGES := chromium
 # Only for chart-test: systemd-analyze verifies the rendered systemd units (nothing is started).
@@ -24,7 +27,7 @@ CHART_AUTOSCALING_SETS := --set workers.training.autoscaling.enabled=true \
   --set workers.labeling.autoscaling.enabled=true --set workers.labeling.autoscaling.mode=hpa
 
 .DEFAULT_GOAL := help
-.PHONY: setup system-packages run-test-packages chart-test-packages demo test lint worker-test reliability reliability-ci chart-test chart-readme run-test run-test-clean clean help
+.PHONY: setup system-packages docker-packages run-test-packages chart-test-packages demo test lint worker-test reliability reliability-ci chart-test chart-readme run-test run-test-clean clean help
 
 help:
 	@echo "make setup   install Debian packages (redis-server, openssl) and the venv (.venv, with torch)"
@@ -61,6 +64,9 @@ endef
 
 system-packages:
 	$(call apt_install,$(APT_PACKAGES))
+
+docker-packages: system-packages
+	$(call apt_install,$(DOCKER_APT_PACKAGES))
 
 run-test-packages: system-packages
 	$(call apt_install,$(RUN_TEST_APT_PACKAGES))

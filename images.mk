@@ -66,7 +66,7 @@ WHEEL_PLATFORMS := $(foreach v,17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 3
 
 .PHONY: images base-image wheelhouse locks locks-check docker-engine images-clean
 
-docker-engine:
+docker-engine: docker-packages
 	DOCKER=$(DOCKER) tools/docker-engine.sh
 
 # Built once per machine (≈1-2 min: debootstrap from the apt mirror); `docker rmi` it to rebuild.

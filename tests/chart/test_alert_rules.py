@@ -329,6 +329,11 @@ QUEUE = {'celery_queue_length{queue_name="default"}': "0x200"}
                  {"13h": [fires(BEAT_LABELS)]}, id="failed-runs-do-not-count"),
     pytest.param(rule_values(beat={"window": "24h"}), {**QUEUE, _succeeded(): "3x200"},
                  {"13h": [], "16h": []}, id="window-from-values"),
+    # staging samples every 12 h: the derived window (24 h) neither flaps between two runs nor
+    # misses a whole missed run
+    pytest.param({"config": {"diskSampleHours": 12}}, {**QUEUE, _succeeded(): "1x143 2x144 3x144 3x300"},
+                 {"11h": [], "13h": [], "23h": [], "25h": [], "35h": [], "47h": [], "60h10m": [fires(BEAT_LABELS)]},
+                 id="12h-interval-runs-never-flap"),
     pytest.param(rule_values(beat={"task": "imagineer.scraping.scrape_dataset"}),
                  {**QUEUE, _succeeded(): "0+1x200"},
                  {"13h": [fires(BEAT_LABELS)]},

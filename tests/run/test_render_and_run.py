@@ -13,13 +13,11 @@ import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from imagineer_worker.tasks.maintenance import DISK_USAGE_LAST_RUN
 from imagineer_worker.testing.fixture_site import FixtureSite
-from imagineer_worker.testing.services import RedisServer
 
 from tests.run.fleet import Fleet, docker, exec_in, logs, run_values
 
@@ -92,7 +90,7 @@ class TestStaging:
         # staging's concurrency 2, capped by the worker at the container's vCPUs (--cpus 2 here)
         assert stats[node]["pool"]["max-concurrency"] == min(2, os.cpu_count() or 1)
 
-    def test_probes_follow_the_worker(self, staging: Fleet, tmp_path: Path) -> None:
+    def test_probes_follow_the_worker(self, staging: Fleet) -> None:
         """Both probes pass when healthy; liveness fails when the main loop hangs, readiness
         fails when the consumer loses the broker, and both recover without a restart.
 
@@ -114,17 +112,13 @@ class TestStaging:
             docker("kill", "-s", "CONT", name, check=True)
         wait_probe(staging, "preview", "liveness", want_ok=True, timeout=20)
 
-        port = staging.redis.port
         staging.redis.stop()
         out = wait_probe(staging, "preview", "readiness", want_ok=False, timeout=30)
         assert "missing" in out
         rc, out = probe(staging, "preview", "liveness")  # a broker outage must not restart the fleet
         assert rc == 0 and "reconnecting" in out, out
-        staging.redis = RedisServer(tmp_path / "redis", port=port).start()
-        try:
-            wait_probe(staging, "preview", "readiness", want_ok=True, timeout=60)
-        finally:
-            staging.redis.stop()
+        staging.redis.start()  # the same port and data: the fleet is whole again for any later test
+        wait_probe(staging, "preview", "readiness", want_ok=True, timeout=60)
 
 
 # --- prod: the dedicated beat, and a warm shutdown ------------------------------------------------
@@ -133,16 +127,20 @@ class TestStaging:
 # what a single container shows best: beat's schedule and SIGTERM in the middle of a task.
 
 
-@pytest.fixture(scope="class")
-def prod(fleet_factory: Callable[..., Fleet]) -> Fleet:
+def _prod(fleet_factory: Callable[..., Fleet], components: set[str]) -> Fleet:
     # values-prod.yaml reads the broker URL from an external Secret with a CA; here the chart's
     # own Secret carries the loopback URL instead (plain redis://, no CA).
     values = run_values(broker={"existingSecret": "", "caSecret": ""}, config={"diskSampleMinutes": 1})
     values["config"]["file"]["scraping"]["domain_interval_seconds"] = 0
-    fleet = fleet_factory("prod", values, components={"default", "scraping", "beat"})
-    for component in ("default", "scraping"):
+    fleet = fleet_factory("prod", values, components=components)
+    for component in components - {"beat"}:
         fleet.wait_ready(component)
     return fleet
+
+
+@pytest.fixture(scope="class")
+def prod(fleet_factory: Callable[..., Fleet]) -> Fleet:
+    return _prod(fleet_factory, {"default", "beat"})
 
 
 class TestProd:
@@ -166,9 +164,11 @@ class TestProd:
         samples = (prod.data_dir / "metrics" / "disk_usage.jsonl").read_text().splitlines()
         assert json.loads(samples[-1])["data_dir"] == "/data"
 
-    def test_docker_stop_during_a_task_is_a_warm_shutdown(self, prod: Fleet, fixture_site: FixtureSite) -> None:
+    def test_docker_stop_during_a_task_is_a_warm_shutdown(self, fleet_factory: Callable[..., Fleet],
+                                                          fixture_site: FixtureSite) -> None:
         """SIGTERM (``docker stop``, waiting the rendered terminationGracePeriodSeconds) lets the
-        running task finish before the worker exits 0. Runs last: it stops the scraping container."""
+        running task finish before the worker exits 0. A scraping container of its own: it stops it."""
+        prod = _prod(fleet_factory, {"scraping"})
         app = prod.app()
         result = app.send_task("imagineer.scraping.scrape_dataset",
                                kwargs={"dataset_id": "slow", "urls": [f"{fixture_site.base_url}/slow.png?s=4"]})

@@ -95,8 +95,9 @@ def test_a_worker_only_consumes_its_own_queues(workers, celery_app):
     on_training = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="training")
     on_scraping = celery_app.send_task("tests.sleep", kwargs={"seconds": 0}, queue="scraping")
     assert on_scraping.get(timeout=30) == "done"
-    time.sleep(1)
-    assert AsyncResult(on_training.id, app=celery_app).state == "PENDING"
+    workers("training", name="only-training", extra_args=SLOW)  # the one that must run it
+    assert on_training.get(timeout=30) == "done"
+    assert AsyncResult(on_training.id, app=celery_app).worker.startswith("only-training@")
 
 
 def test_a_worker_registers_only_the_tasks_of_its_queues(workers, celery_app, redis_server):

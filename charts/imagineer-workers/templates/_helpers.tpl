@@ -326,6 +326,17 @@ priorityClassName: {{ . }}
 {{- end -}}
 
 
+{{/* How long record_disk_usage may go without a successful run before beat counts as broken:
+twice its interval (one whole run missed, the next one late), at least the guide's 12 hours. The
+same rule as `imagineer-workers doctor` (imagineer_worker.doctor.beat_max_age_hours), so the
+alert and the check agree and a 12-hour interval (staging) cannot sit on the edge. */}}
+{{- define "imagineer.beatMaxAge" -}}
+{{- $c := .Values.config -}}
+{{- $interval := ternary (int $c.diskSampleMinutes) (mul (int $c.diskSampleHours) 60) (gt (int $c.diskSampleMinutes) 0) -}}
+{{- $minutes := max 720 (mul 2 $interval) -}}
+{{- if eq (mod $minutes 60) 0 }}{{ div $minutes 60 }}h{{ else }}{{ $minutes }}m{{ end -}}
+{{- end -}}
+
 {{/*
 PromQL, per series: how much counter .metric{.selector} counted within .window, robust to the
 exporter's restarts and purges: the increase of a series that existed when the window began, the

@@ -16,7 +16,7 @@ from typing import Any
 
 from imagineer_worker import health, systemd
 from imagineer_worker.config import QUEUES, ConfigError, load_settings, redact
-from imagineer_worker.doctor import BEAT_MAX_AGE_HOURS, CHECKS, run_doctor
+from imagineer_worker.doctor import CHECKS, run_doctor
 
 TASK_PREFIX = "imagineer."
 
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", help="queues that must have a consumer (default: IMAGINEER_EXPECTED_QUEUES, "
                    "which the chart sets to the queues its groups consume; else all four)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for worker replies")
-    p.add_argument("--beat-max-age-hours", type=float, default=BEAT_MAX_AGE_HOURS)
+    p.add_argument("--beat-max-age-hours", type=float, default=None,
+                   help="default: twice the record_disk_usage interval, at least 12 (the chart's alert uses the same)")
     p.add_argument("--checks", default=",".join(CHECKS),
                    help=f"comma list of checks to run (default: all of {','.join(CHECKS)})")
     p.add_argument("--json", action="store_true")

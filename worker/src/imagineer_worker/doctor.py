@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imagineer_worker.config import load_settings
+from imagineer_worker.config import Settings, load_settings
 
 QUEUE_ALERT_LENGTH = 25  # the guide's alert threshold
-BEAT_MAX_AGE_HOURS = 12.0  # the guide's "no record_disk_usage run in 12 hours"
+GUIDE_BEAT_MAX_AGE_HOURS = 12.0  # the guide's "no record_disk_usage run in 12 hours"
 BEAT_GRACE_SECONDS = 300  # a fresh beat's first sample may come this late and still be pending
 
 
@@ -128,8 +128,21 @@ def _check_beat(app: Any, max_age_hours: float) -> Check:
 CHECKS = ("broker", "consumers", "lengths", "settings", "beat")
 
 
-def run_doctor(app: Any, queues: Sequence[str], timeout: float, beat_max_age_hours: float = BEAT_MAX_AGE_HOURS,
+def beat_max_age_hours(settings: Settings) -> float:
+    """How long ``record_disk_usage`` may go without a run before beat counts as broken.
+
+    Twice its interval (one whole run missed, the next one late), at least the guide's 12 hours:
+    with the guide's 6-hour interval that is the guide's figure, and a 12-hour interval (staging)
+    does not sit on the edge. The chart's ImagineerBeatMissedRun window follows the same rule
+    (``imagineer.beatMaxAge``); tests/chart/test_monitoring.py checks that they agree.
+    """
+    interval_hours = settings.disk_sample_minutes / 60 if settings.disk_sample_minutes else settings.disk_sample_hours
+    return max(GUIDE_BEAT_MAX_AGE_HOURS, 2.0 * interval_hours)
+
+
+def run_doctor(app: Any, queues: Sequence[str], timeout: float, beat_max_age: float | None = None,
                only: Sequence[str] = CHECKS) -> list[Check]:
+    """Every check in ``only``; the beat threshold defaults to :func:`beat_max_age_hours`."""
     broker = _check_broker(app, timeout)
     if broker.verdict == "FAIL":
         return [broker]
@@ -142,5 +155,6 @@ def run_doctor(app: Any, queues: Sequence[str], timeout: float, beat_max_age_hou
     if "settings" in only:
         checks += _check_worker_conf(confs)
     if "beat" in only:
-        checks.append(_check_beat(app, beat_max_age_hours))
+        max_age = beat_max_age if beat_max_age is not None else beat_max_age_hours(load_settings())
+        checks.append(_check_beat(app, max_age))
     return checks

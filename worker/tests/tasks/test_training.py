@@ -27,7 +27,7 @@ from celery.result import AsyncResult
 from imagineer_worker.storage import read_json
 from imagineer_worker.tasks.base import InvalidPayload, validate
 from imagineer_worker.tasks.training import TASK_NAME, TrainLoraPayload
-from imagineer_worker.testing.services import CeleryProcess
+from imagineer_worker.testing.services import CeleryProcess, wait_for
 from imagineer_worker.training.errors import TrainingInterrupted
 from tests.training.helpers import tiny_model_dir, write_dataset
 
@@ -230,7 +230,18 @@ def test_bad_payload_and_missing_manifest_fail_once_without_retry(training_worke
         assert states[-1][0] == "FAILURE"
         assert isinstance(result.result, InvalidPayload)
         assert expected in str(result.result)
-    time.sleep(0.5)
+    # A retry is a new message, published before the final state is stored: once the failed
+    # deliveries are acknowledged (gone from kombu's unacked hash), no message of these tasks may
+    # be left in the broker (the queue, or a worker's unacked hash with a countdown).
+    ids = [r.id.encode() for r in (bad, missing, conflict)]
+    with w.app.connection_for_read() as conn:
+        client = conn.default_channel.client
+
+        def in_broker() -> list[bytes]:
+            held = b" ".join([*client.lrange("training", 0, -1), *client.hvals("unacked")])
+            return [i for i in ids if i in held]
+
+        wait_for(lambda: not in_broker(), 30, "the failed tasks acknowledged, and no retry in the broker")
     log = w.proc.log()
     for result in (bad, missing, conflict):
         assert result.state == "FAILURE"

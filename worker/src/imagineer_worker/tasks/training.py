@@ -47,19 +47,22 @@ TASK_NAME = names.TRAIN_LORA
 PROGRESS_INTERVAL_SECONDS = 0.5
 
 
+_DEFAULTS = TrainConfig("", "", "")  # the defaults live in TrainConfig (the diffusers example's)
+
+
 class TrainLoraPayload(Payload):
-    """``imagineer.training.train_lora`` keyword arguments (defaults: the diffusers example's)."""
+    """``imagineer.training.train_lora`` keyword arguments: TrainConfig's fields, with their bounds."""
 
     job_id: Annotated[str, Field(strict=True)]
     base_model: Annotated[str, Field(strict=True, min_length=1, max_length=512)]
     manifest: Annotated[str, Field(strict=True, min_length=1, max_length=1024)]
-    steps: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
-    rank: Annotated[int, Field(strict=True, ge=1, le=256)] = 4
-    learning_rate: Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)] = 1e-4
-    resolution: Annotated[int, Field(strict=True, ge=8, le=1024, multiple_of=8)] = 512
-    batch_size: Annotated[int, Field(strict=True, ge=1, le=64)] = 1
-    checkpoint_every: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 500
-    seed: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)] = 0
+    steps: Annotated[int, Field(strict=True, ge=1, le=100_000)] = _DEFAULTS.steps
+    rank: Annotated[int, Field(strict=True, ge=1, le=256)] = _DEFAULTS.rank
+    learning_rate: Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)] = _DEFAULTS.learning_rate
+    resolution: Annotated[int, Field(strict=True, ge=8, le=1024, multiple_of=8)] = _DEFAULTS.resolution
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=64)] = _DEFAULTS.batch_size
+    checkpoint_every: Annotated[int, Field(strict=True, ge=1, le=100_000)] = _DEFAULTS.checkpoint_every
+    seed: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)] = _DEFAULTS.seed
 
     @field_validator("job_id")
     @classmethod
