@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "imagineer-workers"
 PYTHON = sys.executable
 LIGHT_QUEUES = ("default", "scraping", "labeling")
-# What the chart's `imagineer.workerArgs` adds besides -A/-Q/--concurrency/--hostname (_helpers.tpl);
+# What the chart's `imagineer.workerArgs` adds besides -A/-Q/--concurrency/--hostname (templates/_groups.tpl);
 # tests/bench checks this against the rendered chart when helm is there. BENCH_CHART_FLAGS="" measures
 # the workers as the chart started them before (with mingle and gossip).
 CHART_EXTRA_FLAGS: tuple[str, ...] = tuple(os.environ.get("BENCH_CHART_FLAGS",

@@ -7,7 +7,8 @@ Helm merges them, and writes one unit per enabled worker group plus one for beat
 as the group's Deployment, with the same non-secret environment, the group's CPU and memory limits
 and a stop timeout equal to the pod's grace period.
 
-What is derived here mirrors ``templates/_helpers.tpl`` and ``templates/{worker,beat}/deployment.yaml``
+What is derived here mirrors the chart's ``templates/_groups.tpl``, ``templates/_pod.tpl`` and
+``templates/{worker,beat}/deployment.yaml``
 (``imagineer.group``, ``imagineer.workerArgs``, ``imagineer.env``, the grace period rule);
 ``tests/chart/test_systemd.py`` renders both with real ``helm template`` and requires the same
 argv and grace period for the chart defaults, staging and prod, so a chart change that is not
