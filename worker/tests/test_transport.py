@@ -276,3 +276,29 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k.startswith(("CELERY_", "IMAGINEER_"))}
+
+
+class _Info:
+    def __init__(self, version: str | None) -> None:
+        self.version = version
+
+    def info(self, section: str) -> dict[str, str]:
+        if self.version is None:
+            raise redis.exceptions.ResponseError("NOPERM this user has no permissions to run the 'info' command")
+        return {"redis_version": self.version}
+
+
+@pytest.mark.parametrize(("version", "refused"), [
+    ("6.0.16", True), ("5.0.7", True), ("6.2.0", False), ("7.0.15", False), ("7.4.2", False), (None, False)])
+def test_a_broker_older_than_redis_6_2_is_named_at_start_up(version, refused):
+    """BLMOVE (the wait) needs Redis 6.2; an older broker stops the worker with one clear line.
+    A service that refuses INFO is not held against the broker."""
+    if refused:
+        with pytest.raises(RuntimeError, match=rf"the broker runs Redis {version}; imagineer workers need Redis 6.2"):
+            transport.require_redis(_Info(version))
+    else:
+        transport.require_redis(_Info(version))
+
+
+def test_the_real_broker_reports_its_version(redis_server):
+    assert transport.redis_version(redis_server.client()) >= transport.MIN_REDIS

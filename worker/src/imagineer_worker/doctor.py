@@ -27,14 +27,24 @@ class Check:
 
 
 def _check_broker(app: Any, timeout: float) -> Check:
+    # not at import: `imagineer-workers probe` shares this module's importer and stays light
+    from imagineer_worker.deadletter import plain_client
+    from imagineer_worker.transport import MIN_REDIS, redis_version
+
     try:
         with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
             conn.default_channel.client.ping()
+            version = redis_version(plain_client(conn.default_channel))
     except Exception as exc:
         return Check("broker reachable", "FAIL", f"{type(exc).__name__}: {exc}",
                      "check CELERY_BROKER_URL, the Redis service and its TLS CA")
-    return Check("broker reachable", "PASS", conn.as_uri())
+    if version is not None and version < MIN_REDIS:
+        return Check("broker reachable", "FAIL", f"Redis {'.'.join(map(str, version))} at {conn.as_uri()}",
+                     f"upgrade the broker to Redis {'.'.join(map(str, MIN_REDIS))} or later (the workers wait with "
+                     "BLMOVE)")
+    shown = f"Redis {'.'.join(map(str, version))}, " if version else ""
+    return Check("broker reachable", "PASS", shown + conn.as_uri())
 
 
 def _check_consumers(app: Any, queues: Sequence[str], timeout: float) -> tuple[list[Check], dict[str, Any]]:

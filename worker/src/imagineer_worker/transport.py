@@ -137,6 +137,24 @@ POP_AND_RECORD_SHA = hashlib.sha1(POP_AND_RECORD.encode()).hexdigest()
 # on; one of a single queue waits on its main list for ``brpop_timeout`` (1 s), and a message on
 # one of its priority sub-lists waits that long at most (under load every pop looks at all keys).
 MULTI_QUEUE_WAIT_SECONDS = 0.25
+MIN_REDIS = (6, 2)  # BLMOVE, the wait that moves nothing
+
+
+def redis_version(client: redis.Redis) -> tuple[int, ...] | None:
+    """The server's version, or ``None`` where ``INFO`` is not allowed (some managed services)."""
+    try:
+        version = str(client.info("server")["redis_version"])  # type: ignore[index]
+    except (ResponseError, KeyError, TypeError):
+        return None
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def require_redis(client: redis.Redis) -> None:
+    """Fail with one line naming the server's version when it is older than :data:`MIN_REDIS`."""
+    version = redis_version(client)
+    if version is not None and version < MIN_REDIS:
+        raise RuntimeError(f"the broker runs Redis {'.'.join(map(str, version))}; imagineer workers need Redis "
+                           f"{'.'.join(map(str, MIN_REDIS))} or later (BLMOVE)")
 
 
 class _QoS(kombu_redis.QoS):
@@ -188,7 +206,9 @@ class _ScreeningChannel:
             command: list[Any] = ["BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait or 0]
         else:
             if not self._script_loaded:
-                plain_client(self).script_load(POP_AND_RECORD)
+                client = plain_client(self)
+                require_redis(client)
+                client.script_load(POP_AND_RECORD)
                 self._script_loaded = True
             prefix = self.global_keyprefix  # type: ignore[attr-defined]
             command = ["EVALSHA", POP_AND_RECORD_SHA, len(keys) + 2, prefix + self.unacked_key,  # type: ignore[attr-defined]
