@@ -1,28 +1,17 @@
-"""Beat singleton, the shared environment, config and secrets."""
+"""What spans objects: every container's shared environment, the Secret's references, config and
+checksums across Deployments, and the rendered config read back by the worker itself.
+
+Single-template facts (beat's Deployment, the Secret's data, the service account, the claim) are
+the chart's helm-unittest suites (charts/imagineer-workers/tests); that a password appears in no
+other object is tests/chart/test_credentials.py."""
 
 from __future__ import annotations
-
-import base64
 
 import pytest
 import yaml
 from imagineer_worker.config import load_settings
 
 from tests.chart.helm import by_kind, celery_app_deployments, container, env_of, render_chart
-
-URL_WITH_PASSWORD = "redis://:s3cr3t-pass@redis.internal:6379/0"
-
-
-def test_beat_is_one_recreated_pod_with_the_same_app():
-    beat = by_kind(render_chart(), "Deployment")["release-imagineer-workers-beat"]
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"] == {"type": "Recreate"}
-    c = container(beat)
-    assert c["command"] == ["celery"]
-    assert c["args"] == ["-A", "imagineer_worker.celery_app", "beat", "--loglevel=INFO"]
-    assert c["resources"]["limits"]["memory"] == "256Mi"
-    assert beat["metadata"]["labels"]["app.kubernetes.io/component"] == "beat"
-    assert "data" not in {v["name"] for v in beat["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_every_container_gets_the_guides_variables_with_their_defaults():
@@ -40,18 +29,6 @@ def test_every_container_gets_the_guides_variables_with_their_defaults():
         assert env["IMAGINEER_DATA_DIR"] == "/data"
         assert env["CELERY_BROKER_URL"] == {"secretKeyRef": {"name": "release-imagineer-workers", "key": "broker-url"}}
         assert env["CELERY_RESULT_BACKEND"]["secretKeyRef"]["key"] == "result-backend-url"
-
-
-def test_broker_urls_live_only_in_the_secret():
-    objects = render_chart({"broker": {"url": URL_WITH_PASSWORD}})
-    secret = by_kind(objects, "Secret")["release-imagineer-workers"]
-    assert base64.b64decode(secret["data"]["broker-url"]).decode() == URL_WITH_PASSWORD
-    assert base64.b64decode(secret["data"]["result-backend-url"]).decode() == URL_WITH_PASSWORD
-    encoded = base64.b64encode(URL_WITH_PASSWORD.encode()).decode()
-    for obj in objects:
-        if obj["kind"] != "Secret":
-            text = yaml.safe_dump(obj)
-            assert "s3cr3t-pass" not in text and encoded not in text, obj["metadata"]["name"]
 
 
 def test_an_existing_secret_replaces_the_charts_secret():
@@ -110,15 +87,6 @@ def test_config_and_secret_changes_roll_the_pods():
         assert base[name]["checksum/secret"] != changed_secret[name]["checksum/secret"]
     in_place = _checksums({"config": {"rollOnChange": False}})
     assert all("checksum/config" not in a for a in in_place.values())
-
-
-def test_service_account_has_no_token_and_the_claim_is_kept():
-    objects = render_chart()
-    sa = by_kind(objects, "ServiceAccount")["release-imagineer-workers"]
-    assert sa["automountServiceAccountToken"] is False
-    pvc = by_kind(objects, "PersistentVolumeClaim")["release-imagineer-workers-data"]
-    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert not by_kind(render_chart({"persistence": {"existingClaim": "shared"}}), "PersistentVolumeClaim")
 
 
 def test_helm_test_pod_checks_every_consumed_queue():

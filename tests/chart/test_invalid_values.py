@@ -1,8 +1,11 @@
 """Bad values fail ``helm template`` with a message naming the value path: one row per mistake.
 
-The schema (values.schema.json) rejects wrong types, unknown keys and out-of-range numbers; the
-templates' ``fail`` checks what a schema cannot see (GPU and concurrency, memory and checkpoints,
-time limits against each other, a maintenance queue nobody consumes).
+The split with the chart's helm-unittest suites (charts/imagineer-workers/tests): there, one
+template's facts, and every refusal of ``imagineer.validateValues`` once (validate_test.yaml);
+here, what needs the real schema or several values at once: the schema's refusals (wrong types,
+unknown keys, out-of-range numbers, as helm reports them), memory quantities in every form
+Kubernetes accepts, and the few template refusals whose shape the unit suite does not repeat
+(other groups, other limits).
 """
 
 from __future__ import annotations
@@ -16,14 +19,6 @@ INVALID = [
     ({"workers": {"default": {"concurrency": "two"}}}, "workers.default.concurrency"),
     ({"workers": {"default": {"concurrency": 0}}}, "workers.default.concurrency"),
     ({"workers": {"scraping": {"replicas": -1}}}, "workers.scraping.replicas"),
-    ({"workers": {"training": {"concurrency": 2}}},
-     "workers.training.concurrency must be 1 when workers.training requests a GPU"),
-    ({"workers": {"training": {"args": ["-A", "x", "worker", "-Q", "training", "--concurrency=2"]}}},
-     "workers.training.args must contain --concurrency=1"),
-    ({"workers": {"scraping": {"resources": {"limits": {"nvidia.com/gpu": 1, "memory": "2Gi"}}}}},
-     "workers.scraping.concurrency must be 1 when workers.scraping requests a GPU (got 2)"),
-    ({"celery": {"visibilityTimeoutSeconds": 1800}}, "celery.visibilityTimeoutSeconds (1800) must exceed"),
-    ({"celery": {"softTimeLimitSeconds": 1800}}, "celery.softTimeLimitSeconds (1800) must be below"),
     ({"workers": {"training": {"checkpointSizeGi": 16}}},
      "workers.training.resources.limits.memory 16Gi is below workers.training.checkpointSizeGi"),
     ({"workers": {"labeling": {"checkpointSizeGi": 1, "resources": {"limits": {"memory": "4Gi"}}}}},
@@ -38,7 +33,6 @@ INVALID = [
     ({"config": {"maintenanceQueue": "maintenance"}}, "config.maintenanceQueue"),
     ({"config": {"maintenanceQueue": "training"}, "workers": {"training": {"enabled": False}}},
      'config.maintenanceQueue "training" is consumed by no enabled worker group'),
-    ({"broker": {"url": ""}}, "broker.url is required unless broker.existingSecret"),
     ({"broker": {"url": "http://redis:6379"}}, "broker.url"),
     ({"workers": {"scraping": {"resources": {"limits": {"memory": "lots"}}}}},
      "workers.scraping.resources.limits.memory"),
@@ -46,11 +40,7 @@ INVALID = [
     ({"persistence": {"mountPath": "data"}}, "persistence.mountPath"),
     ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
     # monitoring and Flower
-    ({"flower": {"enabled": True}}, "flower.basicAuth.username and flower.basicAuth.password"),
-    ({"flower": {"enabled": True, "basicAuth": {"username": "ops"}}}, "flower.basicAuth.password"),
     ({"flower": {"basicAuth": {"username": "a:b"}}}, "flower.basicAuth.username"),
-    ({"monitoring": {"serviceMonitor": {"enabled": True}}, "exporter": {"enabled": False}},
-     "monitoring.serviceMonitor.enabled needs exporter.enabled"),
     ({"monitoring": {"prometheusRule": {"queueLength": {"for": "15 minutes"}}}},
      "monitoring.prometheusRule.queueLength.for"),
     ({"monitoring": {"prometheusRule": {"taskFailures": {"ratio": 5}}}},
@@ -66,52 +56,23 @@ INVALID = [
     ({"beat": {"lockTimeoutSeconds": "60s"}}, "beat.lockTimeoutSeconds"),
     ({"config": {"maxDeliveries": 0}}, "config.maxDeliveries"),
     ({"config": {"deadLetterMaxLength": -1}}, "config.deadLetterMaxLength"),
-    ({"beat": {"resources": {"limits": {"ephemeral-storage": "512Mi"}}}},
-     "beat.resources.limits.ephemeral-storage 512Mi is below tmpSizeLimit 1Gi"),
     ({"workers": {"labeling": {"resources": {"limits": {"ephemeral-storage": "100Mi"}}}}},
      "workers.labeling.resources.limits.ephemeral-storage 100Mi is below tmpSizeLimit"),
-    ({"exporter": {"resources": {"limits": {"ephemeral-storage": "32Mi"}}}},
-     "exporter.resources.limits.ephemeral-storage 32Mi is below"),
     ({"exporter": {"port": 0}}, "exporter.port"),
     ({"exporter": {"extraQueues": ["bad queue"]}}, "exporter.extraQueues.0"),
-    # rollouts, placement and autoscaling (templates/_validate.tpl; one helm-unittest test per message)
-    ({"workers": {"scraping": {"terminationGracePeriodSeconds": 120}}},
-     "workers.scraping.terminationGracePeriodSeconds (120) is below celery.hardTimeLimitSeconds (1800)"),
+    # rollouts, placement and autoscaling
     ({"celery": {"hardTimeLimitSeconds": 3000, "visibilityTimeoutSeconds": 4000},
       "workers": {"training": {"terminationGracePeriodSeconds": 2000}}},
      "workers.training.terminationGracePeriodSeconds (2000) is below celery.hardTimeLimitSeconds (3000)"),
-    ({"workers": {"training": {"strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}}}},
-     "workers.training.strategy.rollingUpdate.maxSurge 1 adds a pod during a rollout, which needs another GPU"),
-    ({"workers": {"scraping": {"strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}}}},
-     "workers.scraping.strategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0"),
-    ({"workers": {"scraping": {"strategy": {"type": "Recreate", "rollingUpdate": {"maxSurge": 1}}}}},
-     "workers.scraping.strategy.rollingUpdate is only allowed with workers.scraping.strategy.type RollingUpdate"),
     ({"workers": {"scraping": {"strategy": {"type": "OnDelete"}}}}, "workers.scraping.strategy.type"),
     ({"workers": {"scraping": {"strategy": {"rollingUpdate": {"maxSurge": "one"}}}}},
      "workers.scraping.strategy.rollingUpdate.maxSurge"),
-    ({"workers": {"training": {"autoscaling": {"enabled": True, "cooldownPeriod": 600}}}},
-     "workers.training.autoscaling.cooldownPeriod (600) is below the group's terminationGracePeriodSeconds (1860)"),
-    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}},
-     "workers.scraping.autoscaling.maxReplicas (2) is below workers.scraping.autoscaling.minReplicas (5)"),
-    ({"workers": {"training": {"autoscaling": {"enabled": True, "unackedTrigger": False}}}},
-     "workers.training.autoscaling.minReplicas 0 needs workers.training.autoscaling.unackedTrigger"),
-    ({"workers": {"training": {"autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 1}}}},
-     "workers.training.autoscaling.mode hpa scales on CPU and memory"),
-    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 0}}}},
-     "workers.scraping.autoscaling.minReplicas 0 needs mode keda"),
-    ({"workers": {"scraping": {"autoscaling": {"enabled": True, "mode": "hpa",
-                                               "targetCPUUtilizationPercentage": None}}}},
-     "workers.scraping.autoscaling.mode hpa needs workers.scraping.autoscaling.targetCPUUtilizationPercentage"),
-    ({"workers": {"extra": {"queues": ["default"], "autoscaling": {"enabled": True, "mode": "hpa"}}}},
-     "workers.extra.autoscaling.targetCPUUtilizationPercentage needs workers.extra.resources.requests.cpu"),
     ({"workers": {"scraping": {"autoscaling": {"enabled": True, "mode": "vpa"}}}}, "workers.scraping.autoscaling.mode"),
     ({"workers": {"scraping": {"autoscaling": {"enabled": True, "maxReplicas": 0}}}},
      "workers.scraping.autoscaling.maxReplicas"),
     ({"workers": {"scraping": {"autoscaling": {"enabled": True, "listLength": "5"}}}},
      "workers.scraping.autoscaling.listLength"),
     ({"workers": {"scraping": {"safeToEvict": "no"}}}, "workers.scraping.safeToEvict"),
-    ({"broker": {"url": "redis://:p%40ss@redis:6379/0"}, "workers": {"training": {"autoscaling": {"enabled": True}}}},
-     "broker.url: its user or password is percent-encoded"),
     ({"keda": {"addressKey": ""}}, "keda.addressKey"),
     # not a Kubernetes quantity ("K" is not a suffix: kubectl would refuse the pod)
     *[({"workers": {"training": {"resources": {"limits": {"memory": bad}}}}},
