@@ -33,7 +33,7 @@ help:
 	@echo "make setup   install Debian packages (redis-server, openssl) and the venv (.venv, with torch)"
 	@echo "make demo    run the whole pipeline locally on a real Redis and print a status table"
 	@echo "make test    lint + the whole test suite (real Redis, real workers)"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff, and mypy --strict on the worker package"
 	@echo "make reliability  fault injection (kill -9, SIGTERM, Redis restart/outage, OOM, poison, two beats, burst): 5 trials each, prints the table"
 	@echo "make bench   throughput, latency, memory, start-up, image, scaling, LoRA figures vs baselines (docs/benchmarks.md)"
 	@echo "make bench-smoke  the bench with tiny counts: every figure is produced (part of make test)"
@@ -87,6 +87,7 @@ demo: setup
 lint: $(STAMP)
 	$(VENV)/bin/ruff check worker
 	$(VENV)/bin/ruff check --config worker/pyproject.toml tests tools/schemas.py bench
+	cd worker && ../$(VENV)/bin/mypy  # --strict on src/ (worker/pyproject.toml, [tool.mypy])
 
 # pytest exits 5 when it collected nothing: that must fail, never pass silently.
 define run_pytest

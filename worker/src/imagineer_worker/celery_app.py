@@ -204,7 +204,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-class HealthFiles(bootsteps.StartStopStep):
+class HealthFiles(bootsteps.StartStopStep):  # type: ignore[misc]
     """Consumer bootstep: ``ready`` while consuming, ``alive`` refreshed by the event loop."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}

@@ -21,7 +21,7 @@ from imagineer_worker.doctor import CHECKS, run_doctor
 TASK_PREFIX = "imagineer."
 
 
-def _app():  # type: ignore[no-untyped-def]
+def _app() -> Any:
     from imagineer_worker.celery_app import celery
 
     return celery

@@ -1,7 +1,8 @@
 """Worker configuration: defaults < ``config.yaml`` (``IMAGINEER_CONFIG``) < environment.
 
-Every setting is declared once in ``FIELDS``: its YAML key, its environment variable, its type,
-its default (the operations guide's value) and its bounds. Loading never raises a traceback at
+Every setting is declared once, as a typed field of :class:`Settings`: its type, its default (the
+operations guide's value) and, through :func:`setting`, its YAML key, environment variable and
+bounds; ``FIELDS`` reads them back for loading and validation. Loading never raises a traceback at
 start-up: ``ConfigError`` carries one message naming the offending key, and the entry points print
 it and exit.
 
@@ -17,6 +18,7 @@ import ipaddress
 import logging
 import os
 import threading
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,78 +56,79 @@ class Field:
         return self.name.replace(".", "_")
 
 
-FIELDS: tuple[Field, ...] = (
+def setting(default: Any, *, key: str = "", env: str = "", minimum: float | None = None,
+            maximum: float | None = None, choices: tuple[str, ...] | None = None, help: str = "") -> Any:
+    """A :class:`Settings` field: its default, and its YAML key (``key``, when it has a dot),
+    environment variable and bounds as metadata, read back into :data:`FIELDS`."""
+    meta = {"key": key, "env": env, "minimum": minimum, "maximum": maximum, "choices": choices, "help": help}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, immutable settings: one typed field per setting, its default the guide's value.
+
+    Each field's :func:`setting` metadata carries its YAML key, environment variable and bounds;
+    :data:`FIELDS` reads them back, so this class is the one table of settings.
+    """
+
     # --- broker and results (the guide's CELERY_* variables) -----------------------------------
-    Field("broker_url", str, "redis://localhost:6379/0", env="CELERY_BROKER_URL"),
-    Field("result_backend", str, "redis://localhost:6379/0", env="CELERY_RESULT_BACKEND"),
-    Field("result_expires", int, 86400, env="CELERY_RESULT_EXPIRES", minimum=60,
-          help="seconds a task result stays in Redis"),
-    Field("redis.ca_cert", str, "", help="CA bundle for rediss:// URLs (empty: system CAs)"),
-    Field("redis.sentinel_master", str, "", help="master name for sentinel:// URLs"),
-    Field("redis.key_prefix", str, "",
-          help="prefix of every key the workers and beat write (a Redis shared with other applications)"),
+    broker_url: str = setting("redis://localhost:6379/0", env="CELERY_BROKER_URL")
+    result_backend: str = setting("redis://localhost:6379/0", env="CELERY_RESULT_BACKEND")
+    result_expires: int = setting(
+        86400, env="CELERY_RESULT_EXPIRES", minimum=60, help="seconds a task result stays in Redis")
+    redis_ca_cert: str = setting("", key="redis.ca_cert", help="CA bundle for rediss:// URLs (empty: system CAs)")
+    redis_sentinel_master: str = setting("", key="redis.sentinel_master", help="master name for sentinel:// URLs")
+    redis_key_prefix: str = setting(
+        "", key="redis.key_prefix",
+        help="prefix of every key the workers and beat write (a Redis shared with other applications)")
     # --- time limits: one place, the chart passes the same numbers -----------------------------
-    Field("task_soft_time_limit", int, 25 * 60, minimum=1),
-    Field("task_time_limit", int, 30 * 60, minimum=1),
-    Field("visibility_timeout", int, 3600, minimum=1,
-          help="seconds before Redis redelivers an unacked task; must exceed task_time_limit"),
+    task_soft_time_limit: int = setting(25 * 60, minimum=1)
+    task_time_limit: int = setting(30 * 60, minimum=1)
+    visibility_timeout: int = setting(
+        3600, minimum=1, help="seconds before Redis redelivers an unacked task; must exceed task_time_limit")
     # --- redelivery: a task that kills its worker every time must not loop ----------------------
-    Field("max_deliveries", int, 3, minimum=1,
-          help="deliveries of one task id before it fails and its message is dead-lettered"),
-    Field("dead_letter_max_length", int, 10000, minimum=1,
-          help="length bound of each <queue>.dead list (the oldest items are dropped)"),
+    max_deliveries: int = setting(
+        3, minimum=1, help="deliveries of one task id before it fails and its message is dead-lettered")
+    dead_letter_max_length: int = setting(
+        10000, minimum=1, help="length bound of each <queue>.dead list (the oldest items are dropped)")
     # --- beat schedule (the guide's IMAGINEER_* variables) -------------------------------------
-    Field("beat.lock_timeout", int, 60, minimum=2,
-          help="seconds a dead beat holds RedBeat's lock; a second beat waits for it, never fires twice"),
-    Field("maintenance_queue", str, "default", choices=QUEUES),
-    Field("expected_queues", list, [],
-          help="the queues this deployment consumes (the chart sets them); doctor checks these, empty: all four"),
-    Field("purge_training_hour", int, 3, minimum=0, maximum=23),
-    Field("purge_scrape_hour", int, 4, minimum=0, maximum=23),
-    Field("disk_sample_hours", int, 6, minimum=1, maximum=24),
-    Field("disk_sample_minutes", int, 0, minimum=0, maximum=59,
-          help="when set, sample disk usage every N minutes instead (tests, debugging)"),
+    beat_lock_timeout: int = setting(
+        60, key="beat.lock_timeout", minimum=2,
+        help="seconds a dead beat holds RedBeat's lock; a second beat waits for it, never fires twice")
+    maintenance_queue: str = setting("default", choices=QUEUES)
+    expected_queues: list[str] = setting(
+        [], help="the queues this deployment consumes (the chart sets them); doctor checks these, empty: all four")
+    purge_training_hour: int = setting(3, minimum=0, maximum=23)
+    purge_scrape_hour: int = setting(4, minimum=0, maximum=23)
+    disk_sample_hours: int = setting(6, minimum=1, maximum=24)
+    disk_sample_minutes: int = setting(
+        0, minimum=0, maximum=59, help="when set, sample disk usage every N minutes instead (tests, debugging)")
     # --- storage ------------------------------------------------------------------------------
-    Field("data_dir", Path, Path("/data")),
-    Field("purge.training_max_age_days", float, 14.0, minimum=0),
-    Field("purge.scrape_max_age_days", float, 30.0, minimum=0),
-    Field("disk_samples_keep", int, 1000, minimum=1),
+    data_dir: Path = setting(Path('/data'))
+    purge_training_max_age_days: float = setting(14.0, key="purge.training_max_age_days", minimum=0)
+    purge_scrape_max_age_days: float = setting(30.0, key="purge.scrape_max_age_days", minimum=0)
+    disk_samples_keep: int = setting(1000, minimum=1)
     # --- scraping -----------------------------------------------------------------------------
-    Field("scraping.allow_networks", list, [],
-          help="CIDRs or host names the scraper may reach although private/loopback"),
-    Field("scraping.timeout_seconds", float, 10.0, minimum=0.1),
-    Field("scraping.max_response_bytes", int, 20 * 1024 * 1024, minimum=1),
-    Field("scraping.max_redirects", int, 5, minimum=0, maximum=20),
-    Field("scraping.domain_interval_seconds", float, 1.0, minimum=0,
-          help="minimum time between two requests to one domain, shared by all scrapers"),
-    Field("scraping.user_agent", str, "imagineer-scraper/1.0"),
+    scraping_allow_networks: list[str] = setting(
+        [], key="scraping.allow_networks", help="CIDRs or host names the scraper may reach although private/loopback")
+    scraping_timeout_seconds: float = setting(10.0, key="scraping.timeout_seconds", minimum=0.1)
+    scraping_max_response_bytes: int = setting(20 * 1024 * 1024, key="scraping.max_response_bytes", minimum=1)
+    scraping_max_redirects: int = setting(5, key="scraping.max_redirects", minimum=0, maximum=20)
+    scraping_domain_interval_seconds: float = setting(
+        1.0, key="scraping.domain_interval_seconds", minimum=0,
+        help="minimum time between two requests to one domain, shared by all scrapers")
+    scraping_user_agent: str = setting("imagineer-scraper/1.0", key="scraping.user_agent")
     # --- worker behaviour ---------------------------------------------------------------------
-    Field("config_reload_seconds", float, 10.0, minimum=0.1),
-    Field("health.dir", Path, Path("/tmp/imagineer-health"),
-          help="where the worker writes its liveness/readiness files for the probes"),
-    Field("log_format", str, "json", choices=("json", "text")),
-)
-
-_BY_NAME = {f.name: f for f in FIELDS}
-
-
-def _settings_fields() -> list[tuple[str, Any, Any]]:
-    out = []
-    for f in FIELDS:
-        default = f.default
-        factory = (lambda d=default: list(d)) if isinstance(default, list) else None
-        fld = dataclasses.field(default_factory=factory) if factory else dataclasses.field(default=default)
-        out.append((f.attr, f.type, fld))
+    config_reload_seconds: float = setting(10.0, minimum=0.1)
+    health_dir: Path = setting(
+        Path('/tmp/imagineer-health'), key="health.dir",
+        help="where the worker writes its liveness/readiness files for the probes")
+    log_format: str = setting("json", choices=('json', 'text'))
     # The YAML file the settings came from ("" when none): the worker watches it for reloads.
-    out.append(("source", str, dataclasses.field(default="", compare=False)))
-    return out
-
-
-_Base = dataclasses.make_dataclass("_Base", _settings_fields(), frozen=True)
-
-
-class Settings(_Base):  # type: ignore[misc, valid-type]
-    """Validated, immutable settings. Attributes are the field names with dots as underscores."""
+    source: str = dataclasses.field(default="", compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.attr) for f in FIELDS}
@@ -138,6 +141,25 @@ class Settings(_Base):  # type: ignore[misc, valid-type]
         """Keys whose value differs, as ``{key: (self value, other value)}``."""
         a, b = self.as_dict(), other.as_dict()
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def _fields() -> tuple[Field, ...]:
+    hints = typing.get_type_hints(Settings)
+    out = []
+    for f in dataclasses.fields(Settings):
+        if f.name == "source":
+            continue
+        meta = f.metadata
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        out.append(Field(meta["key"] or f.name, typing.get_origin(hints[f.name]) or hints[f.name], default,
+                         env=meta["env"], minimum=meta["minimum"], maximum=meta["maximum"],
+                         choices=meta["choices"], help=meta["help"]))
+    return tuple(out)
+
+
+FIELDS: tuple[Field, ...] = _fields()
+
+_BY_NAME = {f.name: f for f in FIELDS}
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

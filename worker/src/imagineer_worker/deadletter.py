@@ -47,8 +47,10 @@ def dead_letter(channel: Any, queue: str, raw: bytes, reason: str, *, operation:
     """
     key = channel.global_keyprefix + queue + DEAD_SUFFIX
     try:
-        plain_client(channel).pipeline(transaction=False).lpush(key, raw) \
-            .ltrim(key, 0, get_settings().dead_letter_max_length - 1).execute()
+        pipe = plain_client(channel).pipeline(transaction=False)
+        pipe.lpush(key, raw)
+        pipe.ltrim(key, 0, get_settings().dead_letter_max_length - 1)
+        pipe.execute()
         kept = True
     except Exception as exc:  # the broker went away: the log line is all that is left
         kept, reason = False, f"{reason}; could not keep it in {key}: {exc}"

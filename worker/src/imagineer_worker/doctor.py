@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from imagineer_worker.config import Settings, load_settings
 
@@ -80,12 +80,12 @@ def _check_lengths(app: Any, queues: Sequence[str]) -> list[Check]:
                                     "workers skip this queue", f"inspect it (redis-cli TYPE {key}), then DEL or "
                                     "RENAME it; workers resume by themselves"))
                 continue
-            n = sum(int(client.llen(key)) for key in channel.queue_keys(q))
+            n = sum(cast(int, client.llen(key)) for key in channel.queue_keys(q))
             verdict = "WARN" if n > QUEUE_ALERT_LENGTH else "PASS"
             checks.append(Check(f"queue {q}: length", verdict, f"{n} waiting",
                                 "scale the worker group (kubectl scale)" if verdict == "WARN" else ""))
             dead_key = channel.global_keyprefix + q + DEAD_SUFFIX
-            dead = int(client.llen(dead_key)) if client.type(dead_key) in (b"list", "list") else 0
+            dead = cast(int, client.llen(dead_key)) if client.type(dead_key) in (b"list", "list") else 0
             if dead:
                 checks.append(Check(f"queue {q}: dead letters", "WARN", f"{dead} in {dead_key}",
                                     f"read them (redis-cli LRANGE {dead_key} 0 9); replay one after a fix with "

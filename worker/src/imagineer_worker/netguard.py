@@ -353,6 +353,7 @@ class _PinnedConnection(http.client.HTTPConnection):
 
     def __init__(self, target: _Target, ip: str, policy: FetchPolicy) -> None:
         super().__init__(target.host, target.port, timeout=policy.timeout)
+        self._timeout_seconds = policy.timeout
         self._ip = ip
         self._connector = policy.connector
         self._tls: ssl.SSLContext | None = None
@@ -361,7 +362,7 @@ class _PinnedConnection(http.client.HTTPConnection):
             self.default_port = 443
 
     def connect(self) -> None:
-        sock = self._connector(self._ip, self.port, self.timeout)
+        sock = self._connector(self._ip, self.port, self._timeout_seconds)
         if self._tls is not None:
             # SNI and hostname verification use the URL's host, not the IP we connect to.
             sock = self._tls.wrap_socket(sock, server_hostname=self.host)

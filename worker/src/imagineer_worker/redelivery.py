@@ -87,7 +87,7 @@ def capped_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         try:
             return handle(message, body, ack, reject, callbacks, **kw)
         except _RejectedArguments as rejected:
-            task_id = (message.headers or {}).get("id")
+            task_id = str((message.headers or {}).get("id"))
             log.error("task %s[%s] failed: %s", task.name, task_id, rejected.error,
                       extra={"operation": "malformed_arguments", "task_id": task_id, "task": task.name})
             fail(task, message, task_id=task_id, exc=rejected.error, dispatcher=dispatcher)

@@ -161,12 +161,12 @@ class _QoS(kombu_redis.QoS):
     """kombu's QoS, minus the write :data:`POP_AND_RECORD` already made for a message."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        recorded = self.channel._recorded  # type: ignore[attr-defined]
+        recorded = self.channel._recorded
         if delivery_tag in recorded:
             recorded.discard(delivery_tag)
-            virtual.QoS.append(self, message, delivery_tag)  # the in-process bookkeeping only
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]  # bookkeeping only
         else:
-            super().append(message, delivery_tag)
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
 
 
 class _ScreeningChannel:
@@ -174,6 +174,7 @@ class _ScreeningChannel:
     queues whose key has the wrong type."""
 
     QoS = _QoS
+    _brpop_sent_at: Any  # kombu's: when the consuming command went out (its half-open check)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._wrong_type: dict[str, float] = {}  # queue -> when to look at its key again
@@ -265,15 +266,17 @@ class _ScreeningChannel:
         (tests/reliability scenario 3). The messages stay in the ``unacked`` hash either way and come
         back with the visibility timeout.
         """
-        if self._in_poll:  # type: ignore[has-type]
+        if self._in_poll:
             with contextlib.suppress(Empty, *self.connection_errors):  # type: ignore[attr-defined]
                 self._brpop_read()
         super().close()  # type: ignore[misc]
 
     def _forget(self, tag: bytes) -> None:
         prefix = self.global_keyprefix  # type: ignore[attr-defined]
-        plain_client(self).pipeline(transaction=False).hdel(prefix + self.unacked_key, tag) \
-            .zrem(prefix + self.unacked_index_key, tag).execute()  # type: ignore[attr-defined]
+        pipe = plain_client(self).pipeline(transaction=False)
+        pipe.hdel(prefix + self.unacked_key, tag.decode())  # type: ignore[attr-defined]
+        pipe.zrem(prefix + self.unacked_index_key, tag)  # type: ignore[attr-defined]
+        pipe.execute()
 
     def _handle_error(self, exc: ResponseError) -> None:
         """A wrong-typed key sets its queue aside; a flushed script cache is loaded again; else raise."""

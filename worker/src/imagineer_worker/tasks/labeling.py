@@ -123,7 +123,8 @@ def _batch_items(dataset_id: str, raw_items: list[Any]) -> list[BatchItem]:
         file = raw.get("file")
         path = raw.get("path") or (f"scrapes/{dataset_id}/{file}" if file else None)
         try:
-            item = BatchItem(file=file, path=path, sha256=raw.get("sha256"), alt=raw.get("alt"))
+            item = BatchItem.model_validate({"file": file, "path": path, "sha256": raw.get("sha256"),
+                                             "alt": raw.get("alt")})
         except ValueError as exc:
             raise InvalidPayload(f"dataset {dataset_id!r}: manifest item {index} is invalid: {exc}") from None
         if item.sha256 not in seen:

@@ -209,7 +209,8 @@ class _Scrape:
 
     def save(self, *, complete: bool) -> None:
         """Merge with the manifest on disk under a Redis lock (two runs of one dataset may overlap)."""
-        source = {"page_url": self.payload.page_url} if self.payload.page_url else {"urls": self.payload.urls}
+        source: dict[str, Any] = ({"page_url": self.payload.page_url} if self.payload.page_url
+                                  else {"urls": self.payload.urls})
         lock = self.task.app.backend.client.lock(
             get_settings().key(f"imagineer:lock:scrape:{self.payload.dataset_id}"), timeout=LOCK_SECONDS,
             blocking_timeout=LOCK_SECONDS)

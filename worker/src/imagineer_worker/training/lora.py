@@ -332,7 +332,7 @@ class _Trainer:
             with autocast:
                 prediction = self.unet(noisy, timesteps, hidden, return_dict=False)[0]
             loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
             value = float(loss.detach().item())
             if not math.isfinite(value):
