@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from celery.result import AsyncResult
+from celery.states import READY_STATES
 
 from imagineer_worker.storage import read_json
 from imagineer_worker.tasks.base import InvalidPayload, validate
@@ -104,10 +105,11 @@ def _wait(result: AsyncResult, timeout: float) -> list[tuple[str, Any]]:
     seen: list[tuple[str, Any]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state, info = result.state, result.info
+        meta = result.backend.get_task_meta(result.id)  # one read: state and info of the same moment
+        state, info = meta["status"], meta["result"]
         if not seen or seen[-1][0] != state or (state == "PROGRESS" and seen[-1][1] != info):
             seen.append((state, info))
-        if result.ready():
+        if state in READY_STATES:  # not result.ready(): a second read could see a later state
             return seen
         time.sleep(0.05)
     raise TimeoutError(f"task {result.id} still {result.state} after {timeout:.0f}s: {seen[-3:]}")
