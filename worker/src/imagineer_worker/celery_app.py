@@ -55,12 +55,13 @@ def task_modules(settings: Settings, queues: Any) -> list[str]:
     another queue's task by a misrouted message: it refuses it as unregistered (dead-lettered).
     Without ``-Q``, or with a queue no route names, every module is imported.
     """
-    names = {q.strip() for q in (queues.split(",") if isinstance(queues, str) else queues or ()) if q.strip()}
+    consumed = {q.strip() for q in (queues.split(",") if isinstance(queues, str) else queues or ()) if q.strip()}
+    # "imagineer.training.*" -> imagineer_worker.tasks.training
     routed = {f"imagineer_worker.tasks.{prefix.split('.')[1]}": route["queue"]
               for prefix, route in task_routes(settings).items()}
-    if not names or not names <= set(routed.values()):
+    if not consumed or not consumed <= set(routed.values()):
         return list(TASK_MODULES)
-    return [module for module in TASK_MODULES if routed[module] in names]
+    return [module for module in TASK_MODULES if routed[module] in consumed]
 
 
 class Worker(WorkerApp):  # type: ignore[misc]
