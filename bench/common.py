@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 import yaml
+from imagineer_worker import systemd
 from imagineer_worker.testing.services import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,16 +84,6 @@ def _fmt(value: Any) -> str:
 
 # --- the chart's sizing (values.yaml is the single source) ----------------------------------------
 
-_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9}
-
-
-def memory_bytes(quantity: str) -> int:
-    for suffix, factor in sorted(_UNITS.items(), key=lambda kv: -len(kv[0])):
-        if quantity.endswith(suffix):
-            return int(float(quantity[: -len(suffix)]) * factor)
-    return int(quantity)
-
-
 @dataclass(frozen=True)
 class Group:
     name: str
@@ -104,17 +95,17 @@ class Group:
 
 
 def chart_groups() -> dict[str, Group]:
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    """Each group as the chart renders it (``render systemd``'s reading of the values: one reading)."""
+    values = systemd.load_values(CHART)
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-    defaults = values["workerDefaults"]
     groups = {}
-    for name, group in values["workers"].items():
-        merged = {**defaults, **group}
-        limits = (merged.get("resources") or {}).get("limits") or {}
-        groups[name] = Group(name=name, queues=tuple(merged["queues"]), concurrency=int(merged["concurrency"]),
-                             memory_limit=memory_bytes(str(limits.get("memory", "0"))),
-                             extra_args=tuple(merged.get("extraArgs") or ()),
-                             image=f"{group['image']['repository']}:{app_version}")
+    for name, g in systemd.groups(values).items():
+        limits = (g.get("resources") or {}).get("limits") or {}
+        groups[name] = Group(name=name, queues=tuple(g["queues"]), concurrency=int(g["concurrency"]),
+                             memory_limit=int(systemd.quantity(limits.get("memory", "0"),
+                                                               f"workers.{name}.resources.limits.memory")),
+                             extra_args=tuple(g.get("extraArgs") or ()),
+                             image=f"{g['image']['repository']}:{app_version}")
     return groups
 
 

@@ -70,6 +70,17 @@ def test_memory_limits_in_systemd_units(quantity, expected):
     assert systemd.memory_max(quantity, "x") == expected
 
 
+@pytest.mark.parametrize("bad", ["16K", "16 Gi", "16gi", "Gi", ""])
+def test_quantities_the_chart_schema_refuses_are_refused(bad):
+    """The same suffixes as the chart's schema and its imagineer.memoryGi ("K" is not Kubernetes')."""
+    with pytest.raises(systemd.RenderError, match="is not a Kubernetes quantity"):
+        systemd.quantity(bad, "workers.x.resources.limits.memory")
+
+
+def test_every_kubernetes_suffix_is_read():
+    assert [systemd.quantity(q, "x") for q in ("1Pi", "1Ei", "2P", "3E", "1500m")] == [2**50, 2**60, 2e15, 3e18, 1.5]
+
+
 @pytest.mark.parametrize(("quantity", "expected"), [("2", "200%"), (4, "400%"), ("250m", "25%"), ("1500m", "150%"),
                                                     ("0.5", "50%"), ("125m", "13%")])
 def test_cpu_limits_as_cpu_quota(quantity, expected):

@@ -158,22 +158,25 @@ def consumed_queues(values: Mapping[str, Any]) -> list[str]:
 
 # --- quantities ---------------------------------------------------------------------------------
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_BINARY = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
-_DECIMAL = {"k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "m": 0.001}
+# The suffixes the chart's schema accepts (and its imagineer.memoryGi reads): Kubernetes' own.
+_UNITS: dict[str, float] = {"m": 0.001, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(" + "|".join(_UNITS) + r")?$")
 
 
-def _quantity(value: Any, path: str) -> float:
+def quantity(value: Any, path: str) -> float:
+    """A Kubernetes quantity from the chart's values (``512Mi``, ``2``, ``250m``) as a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
     match = _QUANTITY.match(str(value))
     if not match:
         raise RenderError(f"{path} {value!r} is not a Kubernetes quantity")
-    number, suffix = float(match.group(1)), match.group(2) or ""
-    return number * (_BINARY.get(suffix) or _DECIMAL.get(suffix) or 1)
+    return float(match.group(1)) * _UNITS.get(match.group(2) or "", 1)
 
 
 def memory_max(value: Any, path: str) -> str:
     """A memory limit as systemd writes it: K/M/G/T are powers of 1024, as Ki/Mi/Gi/Ti."""
-    size = math.ceil(_quantity(value, path))
+    size = math.ceil(quantity(value, path))
     for suffix, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
         if size >= factor and size % factor == 0:
             return f"{size // factor}{suffix}"
@@ -182,11 +185,11 @@ def memory_max(value: Any, path: str) -> str:
 
 def cpu_quota(value: Any, path: str) -> str:
     """A CPU limit as a CPUQuota= percentage of one CPU (2 -> 200%, 250m -> 25%), rounded up."""
-    return f"{max(1, math.ceil(round(_quantity(value, path) * 100, 6)))}%"
+    return f"{max(1, math.ceil(round(quantity(value, path) * 100, 6)))}%"
 
 
 def _gib(value: Any, path: str) -> float:
-    return _quantity(value, path) / 1024**3
+    return quantity(value, path) / 1024**3
 
 
 # --- what the chart derives: args, grace period, environment ------------------------------------
