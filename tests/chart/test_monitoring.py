@@ -107,6 +107,12 @@ def test_prod_queue_and_worker_alerts_leave_the_dead_letter_lists_out():
     assert r'celery_queue_length{queue_name=~".+\\.dead"}' in alerts["ImagineerDeadLetters"]["expr"]
 
 
+def _beat_rule(objects: list[dict]) -> dict:
+    [rule] = [r for o in by_kind(objects, "PrometheusRule").values() for g in o["spec"]["groups"]
+              for r in g["rules"] if r.get("alert") == "ImagineerBeatMissedRun"]
+    return rule
+
+
 @pytest.mark.parametrize(("config", "window"), [
     ({}, "12h"), ({"diskSampleHours": 12}, "24h"), ({"diskSampleHours": 24}, "48h"), ({"diskSampleHours": 1}, "12h"),
     ({"diskSampleMinutes": 1}, "12h"), ({"diskSampleHours": 8}, "16h"),
@@ -117,8 +123,7 @@ def test_the_beat_alert_window_is_the_doctor_threshold(config, window):
     from imagineer_worker.doctor import beat_max_age_hours
 
     objects = render_chart({"config": config, "monitoring": {"prometheusRule": {"enabled": True}}})
-    [rule] = [r for o in by_kind(objects, "PrometheusRule").values() for g in o["spec"]["groups"]
-              for r in g["rules"] if r.get("alert") == "ImagineerBeatMissedRun"]
+    rule = _beat_rule(objects)
     assert f"has not succeeded for {window}" in rule["annotations"]["summary"]
     env = {"IMAGINEER_DISK_SAMPLE_HOURS": str(config.get("diskSampleHours", 6)),
            "IMAGINEER_DISK_SAMPLE_MINUTES": str(config.get("diskSampleMinutes", 0))}
@@ -131,8 +136,7 @@ def test_staging_cannot_flap_between_two_disk_samples():
     from imagineer_worker.doctor import beat_max_age_hours
 
     objects = render_chart({"monitoring": {"prometheusRule": {"enabled": True}}}, values_file="staging")
-    [rule] = [r for o in by_kind(objects, "PrometheusRule").values() for g in o["spec"]["groups"]
-              for r in g["rules"] if r.get("alert") == "ImagineerBeatMissedRun"]
+    rule = _beat_rule(objects)
     env = env_of(worker_groups(objects)["preview"])
     interval = int(env["IMAGINEER_DISK_SAMPLE_HOURS"])
     assert interval == 12 and "has not succeeded for 24h" in rule["annotations"]["summary"]

@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery, bootsteps, signals
-from celery.apps.worker import Worker as WorkerApp
 from celery.schedules import crontab
 from kombu.utils.objects import cached_property
 
@@ -64,20 +63,13 @@ def task_modules(settings: Settings, queues: Any) -> list[str]:
     return [module for module in TASK_MODULES if routed[module] in consumed]
 
 
-class Worker(WorkerApp):  # type: ignore[misc]
-    """Celery's worker program, importing only the task modules of the queues it consumes."""
-
-    def __init__(self, *args: Any, queues: Any = None, **kwargs: Any) -> None:
-        self.app.conf.include = task_modules(get_settings(), queues)
-        super().__init__(*args, queues=queues, **kwargs)
-
-
 class ImagineerCelery(Celery):  # type: ignore[misc]
-    """The Celery app class; its ``celery worker`` program is :class:`Worker`."""
+    """The Celery app class; its ``celery worker`` program is :class:`imagineer_worker.workerapp.Worker`
+    (named, not imported: beat and the CLI never load Celery's worker program)."""
 
     @cached_property
     def Worker(self) -> Any:  # noqa: N802 - Celery's name
-        return self.subclass_with_self(f"{__name__}:Worker")
+        return self.subclass_with_self("imagineer_worker.workerapp:Worker")
 
 
 def disk_sample_schedule(settings: Settings) -> tuple[crontab, int]:

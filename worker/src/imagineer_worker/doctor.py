@@ -29,20 +29,19 @@ class Check:
 def _check_broker(app: Any, timeout: float) -> Check:
     # not at import: `imagineer-workers probe` shares this module's importer and stays light
     from imagineer_worker.deadletter import plain_client
-    from imagineer_worker.transport import MIN_REDIS, redis_version
+    from imagineer_worker.transport import redis_too_old, redis_version
 
     try:
         with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
             conn.default_channel.client.ping()
-            version = redis_version(plain_client(conn.default_channel))
+            client = plain_client(conn.default_channel)
+            version, too_old = redis_version(client), redis_too_old(client)
     except Exception as exc:
         return Check("broker reachable", "FAIL", f"{type(exc).__name__}: {exc}",
                      "check CELERY_BROKER_URL, the Redis service and its TLS CA")
-    if version is not None and version < MIN_REDIS:
-        return Check("broker reachable", "FAIL", f"Redis {'.'.join(map(str, version))} at {conn.as_uri()}",
-                     f"upgrade the broker to Redis {'.'.join(map(str, MIN_REDIS))} or later (the workers wait with "
-                     "BLMOVE)")
+    if too_old:
+        return Check("broker reachable", "FAIL", f"{too_old}: {conn.as_uri()}", "upgrade the broker")
     shown = f"Redis {'.'.join(map(str, version))}, " if version else ""
     return Check("broker reachable", "PASS", shown + conn.as_uri())
 

@@ -149,12 +149,19 @@ def redis_version(client: redis.Redis) -> tuple[int, ...] | None:
     return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
 
 
-def require_redis(client: redis.Redis) -> None:
-    """Fail with one line naming the server's version when it is older than :data:`MIN_REDIS`."""
+def redis_too_old(client: redis.Redis) -> str | None:
+    """One line naming the server's version when it is older than :data:`MIN_REDIS`, else ``None``."""
     version = redis_version(client)
-    if version is not None and version < MIN_REDIS:
-        raise RuntimeError(f"the broker runs Redis {'.'.join(map(str, version))}; imagineer workers need Redis "
-                           f"{'.'.join(map(str, MIN_REDIS))} or later (BLMOVE)")
+    if version is None or version >= MIN_REDIS:
+        return None
+    return (f"the broker runs Redis {'.'.join(map(str, version))}; imagineer workers need Redis "
+            f"{'.'.join(map(str, MIN_REDIS))} or later (BLMOVE)")
+
+
+def require_redis(client: redis.Redis) -> None:
+    """Stop the worker with :func:`redis_too_old`'s line (Celery logs it as the unrecoverable error)."""
+    if problem := redis_too_old(client):
+        raise RuntimeError(problem)
 
 
 class _QoS(kombu_redis.QoS):
