@@ -13,7 +13,7 @@ APT_PACKAGES := redis-server openssl
 # debootstrap for the local base image, and Debian's docker.io where no Docker engine is installed
 # (a runner with docker-ce keeps it).
 DOCKER_APT_PACKAGES := debootstrap $(if $(shell command -v dockerd),,docker.io)
-# Only for run-test: Flower is checked in a real headless browser.
+# Only for run-test: Flower is checked in a real headless browser (Playwright drives this one).
 RUN_TEST_APT_PACKAGES := chromium
 # Only for chart-test: systemd-analyze verifies the rendered systemd units (nothing is started).
 CHART_TEST_APT_PACKAGES := systemd

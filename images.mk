@@ -9,10 +9,12 @@
 #
 # Images: imagineer/worker-<queue>:$(IMAGE_TAG), IMAGE_TAG = the chart's appVersion, so the
 # chart's default repository/tag per group name exactly these. One Dockerfile per queue under
-# images/<queue>/; the three light images share images/light.lock (worker without extras: no
-# torch), training uses images/training.lock (worker[training]). Monitoring: images/exporter/
-# (imagineer/celery-exporter, images/exporter.lock: the upstream exporter alone, no worker) and
-# images/flower/ (imagineer/flower, images/flower.lock: light + flower). See images/README.md.
+# images/<queue>/, a few lines over the shared stages (images/runtime/Dockerfile, built per lock as
+# imagineer/runtime-<lock>:$(IMAGE_TAG)); the three light images share images/light.lock (worker
+# without extras: no torch), training uses images/training.lock (worker[training]). Monitoring:
+# images/exporter/ (imagineer/celery-exporter, images/exporter.lock: the upstream exporter alone,
+# no worker) and images/flower/ (imagineer/flower, images/flower.lock: light + flower). See
+# images/README.md.
 #
 # Network: only the host reaches PyPI (uv for the locks, pip for the wheelhouse); the builds get
 # wheels from .cache/wheelhouse over 127.0.0.1 and reach no index. Builds are sequential (the
@@ -126,7 +128,8 @@ images: base-image wheelhouse $(WORKER_WHEEL)
 
 images-clean:
 	rm -rf $(IMAGES_CACHE) $(WHEELHOUSE)
-	-$(DOCKER) rmi $(foreach i,$(IMAGES),$(lastword $(subst =, ,$(i))):$(IMAGE_TAG)) 2>/dev/null
+	-$(DOCKER) rmi $(foreach i,$(IMAGES),$(lastword $(subst =, ,$(i))):$(IMAGE_TAG)) \
+	  $(LOCK_NAMES:%=imagineer/runtime-%:$(IMAGE_TAG)) 2>/dev/null
 
 # Included at the top of a Makefile, this file must not make its first target the default goal.
 .DEFAULT_GOAL := $(IMAGES_GOAL)

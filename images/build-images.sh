@@ -6,6 +6,12 @@
 # is that list), which prepares CONTEXT (lock files, entrypoint, exporter launcher, the worker
 # wheel) and WHEELHOUSE (every locked wheel) first.
 #
+# Each of those Dockerfiles is a few lines FROM imagineer/runtime-LOCK:TAG, the shared stages
+# (images/runtime/Dockerfile) over images/LOCK.lock: this script builds that runtime first, once
+# per run, with the final stage and build arguments `runtime_args` gives for LOCK. The OCI labels
+# every image has (version, revision = the git commit, source, licenses) are added here, last, so
+# a new commit re-labels the images without rebuilding a layer.
+#
 # Why HTTP and not COPY: the training wheels are ~2.7 GB. Copied into the context they would be
 # sent to the daemon on every build and stored once more in the builder's layers; served by a
 # throwaway http.server on 127.0.0.1 (reachable from the build with --network host) pip fetches
@@ -19,10 +25,26 @@ set -euo pipefail
 context=$1 wheelhouse=$2 port=$3 base=$4 tag=$5; shift 5
 DOCKER=${DOCKER:-docker}
 export DOCKER_BUILDKIT=0
+# The final stage and build arguments of the runtime over images/LOCK.lock (into the array `args`).
+runtime_args() {
+  case $1 in
+    light|training) args=(--target worker) ;;
+    flower) args=(--target worker --build-arg DATA_DIR=) ;;  # Flower reads only the broker: no /data
+    exporter) args=(--target venv --build-arg "PRUNE=src/test_*.py src/__pycache__/test_*.pyc") ;;
+    *) echo "images/build-images.sh has no runtime for images/$1.lock" >&2; return 2 ;;
+  esac
+  args+=(--build-arg "LOCK=$1.lock")
+}
+# The runtime an image's Dockerfile starts FROM.
+runtime_of() { sed -n 's|^FROM imagineer/runtime-\([a-z]*\):.*|\1|p' "images/$1/Dockerfile"; }
+
 # Check every spec before building anything (the training build alone takes minutes).
 for spec in "$@"; do
   case $spec in
-    ?*=?*) [ -f "images/${spec%%=*}/Dockerfile" ] || { echo "no images/${spec%%=*}/Dockerfile" >&2; exit 2; } ;;
+    ?*=?*) [ -f "images/${spec%%=*}/Dockerfile" ] || { echo "no images/${spec%%=*}/Dockerfile" >&2; exit 2; }
+           runtime=$(runtime_of "${spec%%=*}")
+           [ -n "$runtime" ] || { echo "images/${spec%%=*}/Dockerfile starts FROM no imagineer/runtime-LOCK" >&2; exit 2; }
+           runtime_args "$runtime" || exit 2 ;;
     *) echo "bad image spec '$spec': expected FOLDER=REPOSITORY" >&2; exit 2 ;;
   esac
 done
@@ -40,16 +62,30 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-for spec in "$@"; do
-  folder=${spec%%=*} image=${spec#*=}:$tag
+# build DOCKERFILE IMAGE DOCKER-BUILD-ARGS...: -q keeps the log short; a failed build still prints
+# pip's error.
+build() {
+  local dockerfile=$1 image=$2 start; shift 2
   echo "== $image"
   start=$(date +%s)
-  # -q keeps the log short; a failed build still prints pip's error.
-  "$DOCKER" build -q --network host -f "images/$folder/Dockerfile" -t "$image" \
-    --build-arg BASE_IMAGE="$base" --build-arg WHEELHOUSE_URL="http://127.0.0.1:$port/" \
-    --build-arg VERSION="$tag" --build-arg REVISION="$revision" \
-    "$context" >/dev/null
+  "$DOCKER" build -q --network host -f "$dockerfile" -t "$image" "$@" "$context" >/dev/null
   echo "   built in $(( $(date +%s) - start )) s"
+}
+
+built=" "
+for spec in "$@"; do
+  folder=${spec%%=*}
+  runtime=$(runtime_of "$folder")
+  if [[ $built != *" $runtime "* ]]; then
+    runtime_args "$runtime"
+    build images/runtime/Dockerfile "imagineer/runtime-$runtime:$tag" "${args[@]}" \
+      --build-arg BASE_IMAGE="$base" --build-arg WHEELHOUSE_URL="http://127.0.0.1:$port/"
+    built+="$runtime "
+  fi
+  build "images/$folder/Dockerfile" "${spec#*=}:$tag" --build-arg TAG="$tag" \
+    --label org.opencontainers.image.version="$tag" --label org.opencontainers.image.revision="$revision" \
+    --label org.opencontainers.image.source="${IMAGE_SOURCE:-https://github.com/imagineer/imagineer-workers}" \
+    --label org.opencontainers.image.licenses=Apache-2.0
 done
 
 base_size=$("$DOCKER" image inspect -f '{{.Size}}' "$base")

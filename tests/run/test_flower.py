@@ -3,14 +3,15 @@
 values-prod.yaml with ``flower.enabled`` and basic-auth credentials (the harness's run overrides,
 training/scraping/beat switched off to spare the CPUs): the rendered worker Deployments (default,
 labeling) and the rendered Flower Deployment run as containers against a loopback Redis
-(``fleet_factory``), and headless Chromium (Debian's ``chromium``, ``tests/run/browser.py``) is
-pointed at Flower:
+(``fleet_factory``), and headless Chromium (Debian's ``chromium``, driven by Playwright for Python
+through ``executable_path``: no browser download) is pointed at Flower:
 
-- without credentials the UI answers 401 with a basic-auth challenge and shows no worker;
-- with the wrong password it still answers 401;
+- without credentials the UI answers 401 with a basic-auth challenge, and the browser, which has
+  none to give, shows no worker;
+- with the wrong password it answers 401 and shows no worker either;
 - logged in with the chart's credentials, the workers page, once Flower's JavaScript has filled
   its table from ``/workers?json=1``, lists every running worker (``<group>@<pod name>``) as
-  Online, with the task each one ran counted as succeeded;
+  Online, with the task each one ran counted as succeeded, and Flower's scripts log no error;
 - a screenshot of that page is kept as ``tests/run/artifacts/flower-workers.png`` (git-ignored,
   left for CI to collect; ``$RUN_TEST_ARTIFACTS`` puts it elsewhere).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -30,9 +32,10 @@ import pytest
 import yaml
 from imagineer_worker.testing.services import free_port
 from PIL import Image
+from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.chart.helm import REPO
-from tests.run.browser import Browser, BrowserError, chromium_binary
 from tests.run.fleet import Fleet, logs, run_values
 
 # Kept after the run (git-ignored); $RUN_TEST_ARTIFACTS moves them, e.g. to a CI upload folder.
@@ -42,10 +45,13 @@ WORKERS = ("default", "labeling")  # the worker groups this fleet runs
 USER = "sre"
 FLOWER_READY_TIMEOUT = 90.0
 TABLE_TIMEOUT = 60.0
+VIEWPORT = {"width": 1280, "height": 900}
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
-# The workers table as the page's JavaScript rendered it: null until Flower's DataTable has loaded
-# its rows from /workers?json=1 (the refresh indicator then says "Updated <time>").
-WORKERS_TABLE_JS = """(() => {
+# The workers table as the page's JavaScript rendered it, once every host in `hosts` is Online
+# with at least `succeeded` tasks succeeded; null until then (and until Flower's DataTable has
+# loaded its rows from /workers?json=1: the refresh indicator then says "Updated <time>").
+WORKERS_TABLE_JS = """([hosts, succeeded]) => {
   const status = document.getElementById('workers-refresh-status');
   if (!status || !status.textContent.trim().startsWith('Updated')) return null;
   const rows = Array.from(document.querySelectorAll('#workers-table tbody tr')).map(tr => {
@@ -56,9 +62,20 @@ WORKERS_TABLE_JS = """(() => {
             succeeded: tr.cells[5] ? tr.cells[5].textContent.trim() : '',
             offline: tr.classList.contains('worker-offline')};
   });
-  return {refreshed: status.textContent.trim(), rows: rows,
-          online: document.getElementById('workers-online').textContent.trim()};
-})()"""
+  const ready = hosts.every(h => rows.some(row => row.hostname === h && row.status === 'Online'
+      && !row.offline && parseInt(row.succeeded.replace(/,/g, ''), 10) >= succeeded));
+  return ready ? {refreshed: status.textContent.trim(), rows: rows,
+                  online: document.getElementById('workers-online').textContent.trim()} : null;
+}"""
+# What a page shows a person: its text, and whether Flower's workers table is there at all.
+PAGE_JS = "() => [document.body ? document.body.innerText : '', !!document.getElementById('workers-table')]"
+
+
+def chromium_binary() -> str | None:
+    """``$CHROMIUM`` or the first Chromium on PATH (Debian's package installs ``/usr/bin/chromium``)."""
+    if os.environ.get("CHROMIUM"):
+        return os.environ["CHROMIUM"]
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
 def flower_deployment(fleet: Fleet) -> dict[str, Any]:
@@ -110,67 +127,91 @@ def flower(fleet_factory: Callable[..., Fleet]) -> Flower:
     return Flower(fleet, f"http://127.0.0.1:{port}", password)
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if chromium_binary() is None:
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    binary = chromium_binary()
+    if binary is None:
         pytest.fail("no chromium: `make system-packages` installs Debian's chromium", pytrace=False)
-    with Browser(timeout=60) as chromium:
-        yield chromium
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=binary, headless=True)
+        yield browser
+        browser.close()
+
+
+class Tab(NamedTuple):
+    page: Page
+    errors: list[str]  # console errors and uncaught exceptions of the page's scripts
+
+
+@pytest.fixture
+def open_tab(chromium: Browser) -> Iterator[Callable[[tuple[str, str] | None], Tab]]:
+    """A fresh browser context (no cookies, no cached credentials) per call, with the basic-auth
+    credentials the browser answers a challenge with, or none."""
+    contexts = []
+
+    def open_tab(credentials: tuple[str, str] | None) -> Tab:
+        context = chromium.new_context(
+            viewport=VIEWPORT,
+            http_credentials={"username": credentials[0], "password": credentials[1]} if credentials else None)
+        contexts.append(context)
+        tab = Tab(context.new_page(), [])
+        tab.page.on("console", lambda msg: msg.type == "error" and tab.errors.append(f"console.error: {msg.text}"))
+        tab.page.on("pageerror", lambda exc: tab.errors.append(f"exception: {exc}"))
+        return tab
+
+    yield open_tab
+    for context in contexts:
+        context.close()
 
 
 class TestFlowerInChromium:
     def test_without_credentials_the_ui_answers_401(self, flower: Flower,
-                                                    browser: Browser) -> None:
-        """No credentials: a basic-auth challenge from the server, cancelled, leaves a 401 page
-        that names no worker. A wrong password is challenged again and refused the same way."""
-        fleet, base, password = flower.fleet, flower.url, flower.password
-        page = browser.navigate(f"{base}/workers")
-        assert page.status == 401, page
-        assert page.headers.get("www-authenticate", "").lower().startswith("basic"), page.headers
-        assert [(c.scheme, c.source, c.answer) for c in browser.challenges] == [("basic", "Server", "CancelAuth")]
-        text = browser.evaluate("document.body ? document.body.innerText : ''")
-        for component in WORKERS:
-            assert fleet.hostname(component) not in text, text
-        assert browser.evaluate("document.getElementById('workers-table') === null")
+                                                    open_tab: Callable[[tuple[str, str] | None], Tab]) -> None:
+        """No credentials: Flower answers with a basic-auth challenge, and headless Chromium, with
+        none to give, shows nothing of it (the navigation fails on the challenge). A wrong password
+        is refused with a 401 page that names no worker."""
+        fleet, url, password = flower.fleet, f"{flower.url}/workers", flower.password
+        page = open_tab(None).page
+        answer = page.request.get(url)  # the same request from the browser's context, no credentials
+        assert answer.status == 401, answer
+        assert answer.headers.get("www-authenticate", "").lower().startswith("basic"), answer.headers
+        with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            page.goto(url)
+        text, has_table = page.evaluate(PAGE_JS)
+        assert not has_table and not any(fleet.hostname(c) in text for c in WORKERS), text
 
-        browser.credentials = (USER, password + "-wrong")
-        page = browser.navigate(f"{base}/workers")
-        assert page.status == 401, page
-        assert [c.answer for c in browser.challenges[1:]] == ["ProvideCredentials", "CancelAuth"]
+        page = open_tab((USER, password + "-wrong")).page
+        response = page.goto(url)
+        assert response is not None and response.status == 401, response
+        assert response.headers.get("www-authenticate", "").lower().startswith("basic"), response.headers
+        text, has_table = page.evaluate(PAGE_JS)
+        assert not has_table and not any(fleet.hostname(c) in text for c in WORKERS), text
 
-    def test_logged_in_the_workers_page_lists_every_worker_online(self, flower: Flower,
-                                                                  browser: Browser) -> None:
+    def test_logged_in_the_workers_page_lists_every_worker_online(
+            self, flower: Flower, open_tab: Callable[[tuple[str, str] | None], Tab]) -> None:
         """Log in with the chart's credentials: the table that Flower's JavaScript renders lists
         every running worker as Online; a task sent to each worker then shows up in its row as
         succeeded (the page refreshes itself). The page is kept as a screenshot."""
-        fleet, base, password = flower.fleet, flower.url, flower.password
-        browser.credentials = (USER, password)
-        page = browser.navigate(f"{base}/workers")
-        assert page.status == 200, page
-        assert browser.challenges, "the browser was never asked for credentials"
-        assert all((c.scheme, c.source, c.answer) == ("basic", "Server", "ProvideCredentials")
-                   for c in browser.challenges), browser.challenges
+        fleet, password = flower.fleet, flower.password
+        tab = open_tab((USER, password))
+        response = tab.page.goto(f"{flower.url}/workers")
+        assert response is not None and response.status == 200, response
+        expected = sorted(fleet.hostname(component) for component in WORKERS)
 
-        expected = {fleet.hostname(component) for component in WORKERS}
-        last: list[Any] = [None]
-
-        def rows_where(ok: Callable[[dict[str, Any]], bool]) -> bool:
-            table = last[0] = browser.evaluate(WORKERS_TABLE_JS)
-            rows = {row["hostname"]: row for row in (table or {}).get("rows", [])}
-            return bool(table) and all(h in rows and ok(rows[h]) for h in expected)
-
-        def wait_rows(ok: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        def wait_table(succeeded: int, what: str) -> dict[str, Any]:
             try:
-                browser.wait_for(lambda: rows_where(ok), TABLE_TIMEOUT, what)
-            except BrowserError as exc:
-                browser.screenshot(ARTIFACTS / "flower-workers-failure.png")
-                raise AssertionError(f"{exc}; the table: {last[0]}\nflower log:\n"
-                                     f"{logs(fleet.pods['flower'].name)}") from exc
-            return dict(last[0])
+                handle = tab.page.wait_for_function(WORKERS_TABLE_JS, arg=[expected, succeeded],
+                                                    timeout=TABLE_TIMEOUT * 1000)
+            except PlaywrightError as exc:
+                tab.page.screenshot(path=ARTIFACTS / "flower-workers-failure.png")
+                raise AssertionError(f"{what}: {exc}; the page: {tab.page.evaluate(PAGE_JS)[0]}\n"
+                                     f"flower log:\n{logs(fleet.pods['flower'].name)}") from exc
+            table = handle.json_value()
+            assert isinstance(table, dict), table
+            return table
 
-        table = wait_rows(lambda row: row["status"] == "Online" and not row["offline"],
-                          "every worker Online in Flower's table")
-        assert {row["hostname"] for row in table["rows"]} == expected, table  # and no stray worker
+        table = wait_table(0, "every worker Online in Flower's table")
+        assert sorted(row["hostname"] for row in table["rows"]) == expected, table  # and no stray worker
         for row in table["rows"]:
             assert row["href"].endswith("/worker/" + row["hostname"].replace("@", "%40")), row
         assert table["online"] == str(len(expected)), table
@@ -182,19 +223,17 @@ class TestFlowerInChromium:
             result = app.send_task("celery.accumulate", args=[component], queue=component)
             assert result.get(timeout=60) == [component]
             assert result.worker == fleet.hostname(component)
-        table = wait_rows(lambda row: row["status"] == "Online" and row["succeeded"].replace(",", "").isdigit()
-                          and int(row["succeeded"].replace(",", "")) >= 1,
-                          "each worker's task counted as succeeded")
+        table = wait_table(1, "each worker's task counted as succeeded")
         assert table["refreshed"].startswith("Updated"), table
-        assert browser.console == [], browser.console  # Flower's scripts ran without errors
+        assert tab.errors == [], tab.errors  # Flower's scripts ran without errors
 
-        shot = browser.screenshot(SCREENSHOT)
-        data = shot.read_bytes()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        data = tab.page.screenshot(path=SCREENSHOT)
+        assert SCREENSHOT.read_bytes() == data
         assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
         assert len(data) > 10_000, len(data)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            assert image.format == "PNG" and image.size == (browser.width, browser.height), image
+            assert image.format == "PNG" and image.size == (VIEWPORT["width"], VIEWPORT["height"]), image
             colors = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
         assert len(colors) > 50, f"{len(colors)} colours: a blank page?"
-

@@ -1,21 +1,77 @@
-"""The built images themselves: light ones carry no torch, all run as the chart's non-root user."""
+"""The built images themselves: each holds exactly its lock (light ones carry no torch), runs as the
+chart's non-root user and, for the worker images, consumes its own queue by default.
+
+The images' Dockerfiles are a few lines over shared stages (images/runtime/Dockerfile); what tells
+the images apart is checked here on the images, not on the Dockerfiles."""
 
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
 
 import pytest
 
 from tests.run.fleet import APP_VERSION, POD_UID, docker
 
+REPO = Path(__file__).resolve().parents[2]
 LIGHT = ("default", "scraping", "labeling")
+QUEUES = (*LIGHT, "training")
+# image repository -> (its lock under images/, whether it carries the worker package); as in
+# images/README.md.
+IMAGES = {
+    **{f"worker-{queue}": ("light", True) for queue in LIGHT},
+    "worker-training": ("training", True),
+    "celery-exporter": ("exporter", False),
+    "flower": ("flower", True),
+}
+INSTALLED = ("import importlib.metadata as m; "
+             "print('\\n'.join(d.metadata['Name'] + '==' + d.version for d in m.distributions()))")
 
 
-@pytest.mark.parametrize("queue", [*LIGHT, "training"])
-def test_images_run_as_the_charts_non_root_user(queue: str) -> None:
-    image = f"imagineer/worker-{queue}:{APP_VERSION}"
-    user = docker("inspect", "-f", "{{.Config.User}}", image, check=True).stdout.strip()
-    assert user == f"{POD_UID}:{POD_UID}"
-    labels = docker("inspect", "-f", "{{json .Config.Labels}}", image, check=True).stdout
-    assert f'"org.opencontainers.image.version":"{APP_VERSION}"' in labels
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(lock: str) -> set[str]:
+    text = (REPO / "images" / f"{lock}.lock").read_text()
+    return {f"{canonical(name)}=={version}"
+            for name, version in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", text, re.MULTILINE)}
+
+
+def inspect(image: str, field: str) -> object:
+    return json.loads(docker("inspect", "-f", f"{{{{json {field}}}}}", image, check=True).stdout)
+
+
+@pytest.mark.parametrize("repository", IMAGES)
+def test_an_image_holds_exactly_its_locks_packages(repository: str) -> None:
+    lock, with_worker = IMAGES[repository]
+    image = f"imagineer/{repository}:{APP_VERSION}"
+    run = docker("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", INSTALLED,
+                 timeout=180)
+    assert run.returncode == 0, run.stderr
+    installed = {f"{canonical(line.split('==')[0])}=={line.split('==')[1]}"
+                 for line in run.stdout.split()}
+    expected = pins(lock) | ({f"imagineer-worker=={APP_VERSION}"} if with_worker else set())
+    assert installed == expected, (f"{image}: not in images/{lock}.lock: {sorted(installed - expected)}; "
+                                   f"missing: {sorted(expected - installed)}")
+
+
+@pytest.mark.parametrize("repository", IMAGES)
+def test_images_run_as_the_charts_non_root_user(repository: str) -> None:
+    image = f"imagineer/{repository}:{APP_VERSION}"
+    assert inspect(image, ".Config.User") == f"{POD_UID}:{POD_UID}"
+    labels = inspect(image, ".Config.Labels")
+    assert isinstance(labels, dict)
+    assert labels["org.opencontainers.image.version"] == APP_VERSION
+    assert labels["org.opencontainers.image.title"] == f"imagineer-{repository}"
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_a_worker_image_consumes_its_own_queue_by_default(queue: str) -> None:
+    cmd = inspect(f"imagineer/worker-{queue}:{APP_VERSION}", ".Config.Cmd")
+    assert isinstance(cmd, list)
+    assert cmd[cmd.index("-Q") + 1] == queue
 
 
 @pytest.mark.parametrize("queue", LIGHT)
