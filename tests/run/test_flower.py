@@ -69,6 +69,8 @@ WORKERS_TABLE_JS = """([hosts, succeeded]) => {
 }"""
 # What a page shows a person: its text, and whether Flower's workers table is there at all.
 PAGE_JS = "() => [document.body ? document.body.innerText : '', !!document.getElementById('workers-table')]"
+# Chromium's own page for a navigation that failed (here: a challenge it has no credentials for).
+ERROR_PAGE_JS = "() => location.protocol === 'chrome-error:' && document.readyState === 'complete'"
 
 
 def chromium_binary() -> str | None:
@@ -177,6 +179,8 @@ class TestFlowerInChromium:
         assert answer.headers.get("www-authenticate", "").lower().startswith("basic"), answer.headers
         with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
             page.goto(url)
+        # goto fails before Chromium has committed its error page: look at the page once it has.
+        page.wait_for_function(ERROR_PAGE_JS)
         text, has_table = page.evaluate(PAGE_JS)
         assert not has_table and not any(fleet.hostname(c) in text for c in WORKERS), text
 
