@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from tests.chart import unitfile
-from tests.chart.helm import by_kind, container, render_chart, render_error, worker_groups
+from tests.chart.helm import REPO, by_kind, container, render_chart, render_error, worker_groups
 
 VENV = Path(sys.executable).parent.parent
 HOST_ONLY_ENV = {"HOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
@@ -136,17 +136,16 @@ def assert_units_match_chart(out: Path, objects: list[dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize("values", ["default", "staging", "prod"])
 def test_units_run_what_the_deployments_run(values, tmp_path):
-    files = [] if values == "default" else [Path(__file__).resolve().parents[2] / f"values-{values}.yaml"]
+    files = [] if values == "default" else [REPO / f"values-{values}.yaml"]
     proc = render_units(tmp_path, *files)
     assert proc.returncode == 0, proc.stderr
     assert_units_match_chart(tmp_path, render_chart(values_file=values if files else None))
 
 
 def test_the_guide_units_pass_systemd_analyze_verify_and_security(tmp_path):
-    repo = Path(__file__).resolve().parents[2]
     for values in ("staging", "prod"):
         out = tmp_path / values
-        assert render_units(out, repo / f"values-{values}.yaml").returncode == 0
+        assert render_units(out, REPO / f"values-{values}.yaml").returncode == 0
         for unit in sorted(out.glob("*.service")):
             unitfile.verify(unit)
             unitfile.security_exposure(unit, SECURITY_THRESHOLD)

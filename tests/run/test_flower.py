@@ -231,8 +231,7 @@ class TestFlowerInChromium:
         assert table["refreshed"].startswith("Updated"), table
         assert tab.errors == [], tab.errors  # Flower's scripts ran without errors
 
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        data = tab.page.screenshot(path=SCREENSHOT)
+        data = tab.page.screenshot(path=SCREENSHOT)  # Playwright creates the folder
         assert SCREENSHOT.read_bytes() == data
         assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
         assert len(data) > 10_000, len(data)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
+from tests.chart.helm import REPO
 from tests.run.fleet import APP_VERSION, POD_UID, docker
 
-REPO = Path(__file__).resolve().parents[2]
 LIGHT = ("default", "scraping", "labeling")
 QUEUES = (*LIGHT, "training")
 # image repository -> (its lock under images/, whether it carries the worker package); as in
@@ -29,13 +29,9 @@ INSTALLED = ("import importlib.metadata as m; "
              "print('\\n'.join(d.metadata['Name'] + '==' + d.version for d in m.distributions()))")
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def pins(lock: str) -> set[str]:
     text = (REPO / "images" / f"{lock}.lock").read_text()
-    return {f"{canonical(name)}=={version}"
+    return {f"{canonicalize_name(name)}=={version}"
             for name, version in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", text, re.MULTILINE)}
 
 
@@ -50,8 +46,8 @@ def test_an_image_holds_exactly_its_locks_packages(repository: str) -> None:
     run = docker("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", INSTALLED,
                  timeout=180)
     assert run.returncode == 0, run.stderr
-    installed = {f"{canonical(line.split('==')[0])}=={line.split('==')[1]}"
-                 for line in run.stdout.split()}
+    installed = {f"{canonicalize_name(name)}=={version}"
+                 for name, _, version in (line.partition("==") for line in run.stdout.split())}
     expected = pins(lock) | ({f"imagineer-worker=={APP_VERSION}"} if with_worker else set())
     assert installed == expected, (f"{image}: not in images/{lock}.lock: {sorted(installed - expected)}; "
                                    f"missing: {sorted(expected - installed)}")
